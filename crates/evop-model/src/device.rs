@@ -1,0 +1,59 @@
+//! Choosing a device by name: `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`.
+//!
+//! Backends are cargo features forwarded to candle; asking for one that is not compiled in is an
+//! error that says which feature to enable.
+use crate::error::{ModelError, Result};
+use candle_core::Device;
+
+/// Parses a device name and opens the device.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let err = |message: String| ModelError::Device { spec: spec.to_string(), message };
+    let (kind, ordinal) = match spec.split_once(':') {
+        Some((k, n)) => {
+            let n: usize = n.parse().map_err(|_| err(format!("`{n}` is not a device number")))?;
+            (k, n)
+        }
+        None => (spec, 0),
+    };
+    match kind {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if !cfg!(feature = "cuda") {
+                return Err(err("this build has no CUDA support; rebuild with `--features cuda`".into()));
+            }
+            Device::new_cuda(ordinal).map_err(|e| err(e.to_string()))
+        }
+        "metal" => {
+            if !cfg!(feature = "metal") {
+                return Err(err("this build has no Metal support; rebuild with `--features metal`".into()));
+            }
+            Device::new_metal(ordinal).map_err(|e| err(e.to_string()))
+        }
+        other => Err(err(format!("unknown device kind `{other}` (expected cpu, cuda[:N] or metal[:N])"))),
+    }
+}
+
+/// Parses a dtype name: `f32`, `f16`, `bf16`.
+pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
+    match name {
+        "f32" | "float32" => Ok(candle_core::DType::F32),
+        "f16" | "float16" => Ok(candle_core::DType::F16),
+        "bf16" | "bfloat16" => Ok(candle_core::DType::BF16),
+        other => Err(ModelError::Input(format!("unknown dtype `{other}` (expected f32, f16 or bf16)"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_parses_and_bad_names_fail() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert!(parse_device("tpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+        #[cfg(not(feature = "cuda"))]
+        assert!(parse_device("cuda").unwrap_err().to_string().contains("--features cuda"));
+        assert!(parse_dtype("f8").is_err());
+    }
+}

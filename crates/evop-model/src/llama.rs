@@ -1,0 +1,195 @@
+//! Llama and Mistral decoder blocks (Touvron et al. 2023; Jiang et al. 2023), written to read next
+//! to Hugging Face's `modeling_llama.py` / `modeling_mistral.py`. Mistral is Llama plus a sliding
+//! attention window, so both share this file and differ only in `sliding_window`.
+use crate::error::Result;
+use crate::model::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
+use crate::numerics::{attention, split_heads, RotaryTable};
+use candle_core::{Module, Tensor};
+use candle_nn::{linear_no_bias, rms_norm, Embedding, Linear, RmsNorm, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_max_positions() -> usize {
+    4096
+}
+
+/// The fields of a Hugging Face `config.json` for `llama` and `mistral` that the forward needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Defaults to `num_attention_heads` (no grouped-query attention).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Defaults to `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Mistral only: each query attends at most this many most recent keys.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+}
+
+impl LlamaConfig {
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    scale: f64,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+struct Block {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A Llama or Mistral model whose blocks can be run one at a time.
+pub struct Llama {
+    info: ModelInfo,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    head: Linear,
+    rotary: RotaryTable,
+}
+
+impl Llama {
+    /// Builds the model from weights named as in Hugging Face checkpoints (`model.layers.0.…`).
+    pub fn new(cfg: &LlamaConfig, architecture: Architecture, vb: VarBuilder) -> Result<Self> {
+        let head_dim = cfg.head_dim();
+        let (h, heads, kv_heads) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_kv_heads());
+        let m = vb.pp("model");
+        let embed_w = m.pp("embed_tokens").get((cfg.vocab_size, h), "weight")?;
+        let embed = Embedding::new(embed_w.clone(), h);
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let b = m.pp("layers").pp(i);
+            let a = b.pp("self_attn");
+            let p = b.pp("mlp");
+            blocks.push(Block {
+                input_norm: rms_norm(h, cfg.rms_norm_eps, b.pp("input_layernorm"))?,
+                attn: Attention {
+                    q: linear_no_bias(h, heads * head_dim, a.pp("q_proj"))?,
+                    k: linear_no_bias(h, kv_heads * head_dim, a.pp("k_proj"))?,
+                    v: linear_no_bias(h, kv_heads * head_dim, a.pp("v_proj"))?,
+                    o: linear_no_bias(heads * head_dim, h, a.pp("o_proj"))?,
+                    heads,
+                    kv_heads,
+                    scale: 1.0 / (head_dim as f64).sqrt(),
+                },
+                post_attn_norm: rms_norm(h, cfg.rms_norm_eps, b.pp("post_attention_layernorm"))?,
+                mlp: Mlp {
+                    gate: linear_no_bias(h, cfg.intermediate_size, p.pp("gate_proj"))?,
+                    up: linear_no_bias(h, cfg.intermediate_size, p.pp("up_proj"))?,
+                    down: linear_no_bias(cfg.intermediate_size, h, p.pp("down_proj"))?,
+                },
+            });
+        }
+        let norm = rms_norm(h, cfg.rms_norm_eps, m.pp("norm"))?;
+        let head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
+            Linear::new(embed_w, None)
+        } else {
+            linear_no_bias(h, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        let rotary =
+            RotaryTable::new(head_dim, cfg.max_position_embeddings, cfg.rope_theta, vb.dtype(), vb.device())?;
+        let info = ModelInfo {
+            architecture,
+            num_blocks: cfg.num_hidden_layers,
+            hidden_size: h,
+            vocab_size: cfg.vocab_size,
+            max_positions: cfg.max_position_embeddings,
+            sliding_window: if architecture == Architecture::Mistral { cfg.sliding_window } else { None },
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        };
+        Ok(Self { info, embed, blocks, norm, head, rotary })
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &RotaryTable,
+        ctx: &AttnContext,
+        cache: Option<&mut LayerCache>,
+    ) -> candle_core::Result<Tensor> {
+        let q = split_heads(&self.q.forward(x)?, self.heads)?;
+        let k = split_heads(&self.k.forward(x)?, self.kv_heads)?;
+        let v = split_heads(&self.v.forward(x)?, self.kv_heads)?.contiguous()?;
+        let (q, k) = rotary.apply(&q, &k, ctx.offset)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(k, v)?,
+            None => (k, v),
+        };
+        let out = attention(&q, &k, &v, ctx.mask.as_ref(), self.scale)?;
+        self.o.forward(&out)
+    }
+}
+
+impl BlockLm for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn embed(&self, input_ids: &Tensor, _offset: usize) -> Result<Tensor> {
+        Ok(self.embed.forward(input_ids)?)
+    }
+
+    fn block(
+        &self,
+        index: usize,
+        hidden: &Tensor,
+        ctx: &AttnContext,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let b = &self.blocks[index];
+        let x = (hidden + b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary, ctx, cache)?)?;
+        let n = b.post_attn_norm.forward(&x)?;
+        let mlp = b.mlp.down.forward(&(candle_nn::ops::silu(&b.mlp.gate.forward(&n)?)? * b.mlp.up.forward(&n)?)?)?;
+        Ok((x + mlp)?)
+    }
+
+    fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.norm.forward(hidden)?)
+    }
+
+    fn lm_head(&self, normed: &Tensor) -> Result<Tensor> {
+        Ok(self.head.forward(normed)?)
+    }
+}

@@ -1,0 +1,181 @@
+//! Loading a model from a Hugging Face directory (`config.json`, `model.safetensors` or a sharded
+//! index, optional `tokenizer.json`) or a llama GGUF file, into one [`LoadedModel`].
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+use crate::llama::{Llama, LlamaConfig};
+use crate::model::{Architecture, BlockLm};
+use crate::opt::{Opt, OptConfig};
+use crate::tokenizer::tokenizer_from_gguf;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokenizers::Tokenizer;
+
+/// Where and in which precision to load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    /// f32 on the CPU.
+    fn default() -> Self {
+        Self { dtype: DType::F32, device: Device::Cpu }
+    }
+}
+
+/// A loaded model with everything needed to run, evaluate and save it.
+pub struct LoadedModel {
+    /// The block-level model.
+    pub lm: Arc<dyn BlockLm>,
+    /// The tokenizer, when the source provides one.
+    pub tokenizer: Option<Tokenizer>,
+    /// Every weight under its Hugging Face name (shares storage with `lm`).
+    pub weights: HashMap<String, Tensor>,
+    /// The Hugging Face `config.json` (read, or synthesised from GGUF metadata).
+    pub hf_config: serde_json::Value,
+    /// The file or directory it was loaded from.
+    pub source: PathBuf,
+}
+
+impl LoadedModel {
+    /// The architecture.
+    pub fn architecture(&self) -> Architecture {
+        self.lm.info().architecture
+    }
+
+    /// The tokenizer or an error saying the model has none.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            ModelError::Tokenizer(format!("{} has no tokenizer.json", self.source.display()))
+        })
+    }
+}
+
+/// Loads a Hugging Face model directory or a GGUF file.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
+    if path.is_dir() {
+        load_hf_dir(path, opts)
+    } else if path.is_file() {
+        load_gguf(path, opts)
+    } else {
+        Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")))
+    }
+}
+
+/// Loads a llama GGUF file; Q/K are un-permuted and the embedded tokenizer is rebuilt.
+pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
+    let gguf = GgufFile::open(path)?;
+    let cfg = gguf.llama_config()?;
+    let weights = gguf.hf_tensors(&cfg, opts.dtype, &opts.device)?;
+    let tokenizer = Some(tokenizer_from_gguf(&gguf)?);
+    let vb = VarBuilder::from_tensors(weights.clone(), opts.dtype, &opts.device);
+    let lm: Arc<dyn BlockLm> = Arc::new(Llama::new(&cfg, Architecture::Llama, vb)?);
+    let mut hf_config = serde_json::to_value(&cfg).expect("config serialises");
+    let obj = hf_config.as_object_mut().expect("object");
+    obj.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+    obj.insert("model_type".into(), serde_json::json!("llama"));
+    obj.insert("hidden_act".into(), serde_json::json!("silu"));
+    obj.remove("sliding_window");
+    for (key, hf_key) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")] {
+        if let Ok(v) = gguf.meta(key).and_then(|v| v.to_u32().map_err(|e| ModelError::Tokenizer(e.to_string()))) {
+            obj.insert(hf_key.into(), serde_json::json!(v));
+        }
+    }
+    Ok(LoadedModel { lm, tokenizer, weights, hf_config, source: path.to_path_buf() })
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.to_path_buf(), message: e.to_string() })
+}
+
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let v = read_json(&index)?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Config {
+            path: index.clone(),
+            message: "missing field `weight_map`".into(),
+        })?;
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    Err(ModelError::io(
+        dir.join("model.safetensors"),
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors or model.safetensors.index.json"),
+    ))
+}
+
+/// Loads a Hugging Face model directory.
+pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
+    let cfg_path = dir.join("config.json");
+    let hf_config = read_json(&cfg_path)?;
+    let model_type = hf_config.get("model_type").and_then(|v| v.as_str()).ok_or_else(|| ModelError::Config {
+        path: cfg_path.clone(),
+        message: "missing field `model_type`".into(),
+    })?;
+    let arch = match model_type {
+        "llama" => Architecture::Llama,
+        "mistral" => Architecture::Mistral,
+        "opt" => Architecture::Opt,
+        other => return Err(ModelError::UnsupportedArchitecture { path: cfg_path, arch: other.to_string() }),
+    };
+    let config_err = |e: serde_json::Error| ModelError::Config { path: cfg_path.clone(), message: e.to_string() };
+    let mut weights = HashMap::new();
+    for file in safetensors_files(dir)? {
+        let loaded = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| ModelError::Config {
+            path: file.clone(),
+            message: format!("not a readable safetensors file ({e})"),
+        })?;
+        for (name, t) in loaded {
+            weights.insert(name, t.to_dtype(opts.dtype)?.to_device(&opts.device)?);
+        }
+    }
+    let vb = VarBuilder::from_tensors(weights.clone(), opts.dtype, &opts.device);
+    let lm: Arc<dyn BlockLm> = match arch {
+        Architecture::Llama | Architecture::Mistral => {
+            let cfg: LlamaConfig = serde_json::from_value(hf_config.clone()).map_err(config_err)?;
+            Arc::new(Llama::new(&cfg, arch, vb).map_err(|e| weight_context(e, dir))?)
+        }
+        Architecture::Opt => {
+            let cfg: OptConfig = serde_json::from_value(hf_config.clone()).map_err(config_err)?;
+            Arc::new(Opt::new(&cfg, vb).map_err(|e| weight_context(e, dir))?)
+        }
+    };
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = if tok_path.is_file() {
+        Some(Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tok_path.display())))?)
+    } else {
+        None
+    };
+    Ok(LoadedModel { lm, tokenizer, weights, hf_config, source: dir.to_path_buf() })
+}
+
+/// Rewords candle's weight errors (missing tensor, wrong shape) to name the directory.
+fn weight_context(e: ModelError, dir: &Path) -> ModelError {
+    match e {
+        ModelError::Candle(c) => ModelError::Weight { name: dir.display().to_string(), message: c.to_string() },
+        other => other,
+    }
+}
+
+/// Loads a model and runs it through the Mistral code path (sliding window from `window`), for
+/// exercising the Mistral path with Llama weights. Results must be labelled as Llama weights.
+pub fn as_mistral(model: &LoadedModel, window: usize) -> Result<Arc<dyn BlockLm>> {
+    let mut cfg: LlamaConfig = serde_json::from_value(model.hf_config.clone())
+        .map_err(|e| ModelError::Config { path: model.source.clone(), message: e.to_string() })?;
+    cfg.sliding_window = Some(window);
+    let info = model.lm.info();
+    let vb = VarBuilder::from_tensors(model.weights.clone(), info.dtype, &info.device);
+    Ok(Arc::new(Llama::new(&cfg, Architecture::Mistral, vb)?))
+}

@@ -1,0 +1,231 @@
+//! The block-level interface every architecture implements, and the forward passes built on it.
+//!
+//! Unlike candle-transformers' models, blocks are public steps: a caller can embed tokens, run any
+//! subset of blocks in order, inspect the hidden state at every block boundary and apply the head
+//! to every position. Skipping block `i` means it is the identity on the residual stream.
+use crate::error::{ModelError, Result};
+use crate::mask::BlockMask;
+use crate::numerics::{causal_mask, needs_mask};
+use candle_core::{DType, Device, Tensor};
+
+/// The architectures this crate implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Llama: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+    Llama,
+    /// Mistral: Llama with sliding-window attention.
+    Mistral,
+    /// OPT: learned positions, LayerNorm with bias, biased linears, ReLU MLP.
+    Opt,
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Opt => "opt",
+        })
+    }
+}
+
+/// Sizes and facts about a loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub architecture: Architecture,
+    pub num_blocks: usize,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    /// Longest sequence the position encoding supports.
+    pub max_positions: usize,
+    /// Mistral's attention window; `None` for full causal attention.
+    pub sliding_window: Option<usize>,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+/// Per-forward attention context: where the chunk starts and its additive causal mask.
+#[derive(Clone, Debug)]
+pub struct AttnContext {
+    /// Absolute position of the first token of this chunk (the KV cache length).
+    pub offset: usize,
+    /// Tokens in this chunk.
+    pub seq_len: usize,
+    /// `(seq_len, offset + seq_len)` additive mask, or `None` when no position is hidden.
+    pub mask: Option<Tensor>,
+}
+
+impl AttnContext {
+    /// Builds the context for a chunk of `seq_len` tokens starting at `offset`.
+    pub fn new(info: &ModelInfo, seq_len: usize, offset: usize) -> Result<Self> {
+        if offset + seq_len > info.max_positions {
+            return Err(ModelError::Input(format!(
+                "sequence of {} tokens exceeds the model's {} positions",
+                offset + seq_len,
+                info.max_positions
+            )));
+        }
+        let mask = if needs_mask(seq_len, offset, info.sliding_window) {
+            Some(causal_mask(seq_len, offset, info.sliding_window, info.dtype, &info.device)?)
+        } else {
+            None
+        };
+        Ok(Self { offset, seq_len, mask })
+    }
+}
+
+/// Cached keys and values of one block, for generation.
+#[derive(Clone, Debug, Default)]
+pub struct LayerCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+impl LayerCache {
+    /// Appends this step's keys and values (`(b, h_kv, s, d)`) and returns the full ones.
+    pub fn append(&mut self, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (k, v) = match self.kv.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        self.kv = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A KV cache for a whole (possibly masked) model: one slot per block.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(num_blocks: usize) -> Self {
+        Self { layers: vec![LayerCache::default(); num_blocks] }
+    }
+
+    /// Number of tokens already processed.
+    pub fn offset(&self) -> usize {
+        self.layers.iter().map(LayerCache::len).max().unwrap_or(0)
+    }
+}
+
+/// Block-level forward of a decoder-only language model. Implemented by every architecture.
+pub trait BlockLm: Send + Sync {
+    /// Sizes, dtype and device.
+    fn info(&self) -> &ModelInfo;
+
+    /// Token ids `(b, s)` (u32) at absolute positions `offset..offset + s` to the residual stream `(b, s, h)`.
+    fn embed(&self, input_ids: &Tensor, offset: usize) -> Result<Tensor>;
+
+    /// Runs block `index` on hidden states `(b, s, h)`. With a cache, appends this chunk's keys and values.
+    fn block(
+        &self,
+        index: usize,
+        hidden: &Tensor,
+        ctx: &AttnContext,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor>;
+
+    /// The final normalisation (and projection, where the architecture has one) before the head.
+    fn final_norm(&self, hidden: &Tensor) -> Result<Tensor>;
+
+    /// The language-model head on normalised states: `(b, s, h') -> (b, s, vocab)`.
+    fn lm_head(&self, normed: &Tensor) -> Result<Tensor>;
+
+    /// Number of decoder blocks, L.
+    fn num_blocks(&self) -> usize {
+        self.info().num_blocks
+    }
+
+    /// Final norm then head: logits for every position.
+    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head(&self.final_norm(hidden)?)
+    }
+}
+
+/// Runs the kept blocks of `mask` with index in `from..` on `hidden`.
+pub fn run_blocks(
+    lm: &dyn BlockLm,
+    hidden: Tensor,
+    from: usize,
+    mask: &BlockMask,
+    ctx: &AttnContext,
+) -> Result<Tensor> {
+    mask.check_len(lm.num_blocks())?;
+    let mut h = hidden;
+    for i in (from..lm.num_blocks()).filter(|&i| mask.is_kept(i)) {
+        h = lm.block(i, &h, ctx, None)?;
+    }
+    Ok(h)
+}
+
+fn check_ids(_lm: &dyn BlockLm, input_ids: &Tensor) -> Result<(usize, usize)> {
+    let (b, s) = input_ids
+        .dims2()
+        .map_err(|_| ModelError::Input(format!("token ids must be (batch, seq), got {:?}", input_ids.shape())))?;
+    if s == 0 || b == 0 {
+        return Err(ModelError::Input("empty batch or sequence".into()));
+    }
+    Ok((b, s))
+}
+
+/// Logits `(b, s, vocab)` for every position of the model with `mask` applied.
+pub fn forward_masked(lm: &dyn BlockLm, input_ids: &Tensor, mask: &BlockMask) -> Result<Tensor> {
+    let (_, s) = check_ids(lm, input_ids)?;
+    let ctx = AttnContext::new(lm.info(), s, 0)?;
+    let h = lm.embed(input_ids, 0)?;
+    let h = run_blocks(lm, h, 0, mask, &ctx)?;
+    lm.head(&h)
+}
+
+/// Logits of the dense model for every position.
+pub fn forward(lm: &dyn BlockLm, input_ids: &Tensor) -> Result<Tensor> {
+    forward_masked(lm, input_ids, &BlockMask::dense(lm.num_blocks()))
+}
+
+/// The dense residual stream at every block boundary: element `i` is the input of block `i`, the
+/// last element the output of the last block (before the final norm). `L + 1` tensors `(b, s, h)`.
+pub fn hidden_states(lm: &dyn BlockLm, input_ids: &Tensor) -> Result<Vec<Tensor>> {
+    let (_, s) = check_ids(lm, input_ids)?;
+    let ctx = AttnContext::new(lm.info(), s, 0)?;
+    let mut states = Vec::with_capacity(lm.num_blocks() + 1);
+    let mut h = lm.embed(input_ids, 0)?;
+    for i in 0..lm.num_blocks() {
+        let next = lm.block(i, &h, &ctx, None)?;
+        states.push(h);
+        h = next;
+    }
+    states.push(h);
+    Ok(states)
+}
+
+/// One step of cached decoding for the masked model: feeds `input_ids` `(b, s)` after the cached
+/// tokens and returns the logits of the chunk's last position `(b, vocab)`.
+pub fn forward_cached(
+    lm: &dyn BlockLm,
+    input_ids: &Tensor,
+    mask: &BlockMask,
+    cache: &mut KvCache,
+) -> Result<Tensor> {
+    let (_, s) = check_ids(lm, input_ids)?;
+    mask.check_len(lm.num_blocks())?;
+    let offset = cache.offset();
+    let ctx = AttnContext::new(lm.info(), s, offset)?;
+    let mut h = lm.embed(input_ids, offset)?;
+    for i in mask.kept().collect::<Vec<_>>() {
+        h = lm.block(i, &h, &ctx, Some(&mut cache.layers[i]))?;
+    }
+    let last = h.narrow(1, s - 1, 1)?;
+    Ok(lm.head(&last)?.squeeze(1)?.to_dtype(DType::F32)?)
+}
