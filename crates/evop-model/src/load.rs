@@ -119,7 +119,13 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Loads a Hugging Face model directory.
 pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let cfg_path = dir.join("config.json");
-    let hf_config = read_json(&cfg_path)?;
+    let mut hf_config = read_json(&cfg_path)?;
+    // transformers >= 5 writes `rope_theta` inside `rope_parameters`.
+    if hf_config.get("rope_theta").is_none() {
+        if let Some(theta) = hf_config.pointer("/rope_parameters/rope_theta").cloned() {
+            hf_config.as_object_mut().map(|o| o.insert("rope_theta".into(), theta));
+        }
+    }
     let model_type = hf_config.get("model_type").and_then(|v| v.as_str()).ok_or_else(|| ModelError::Config {
         path: cfg_path.clone(),
         message: "missing field `model_type`".into(),
