@@ -22,6 +22,7 @@
 //! println!("{:.3}", ppl.perplexity);
 //! # Ok(()) }
 //! ```
+pub mod calibration;
 pub mod device;
 pub mod error;
 pub mod gguf;
@@ -35,6 +36,7 @@ pub mod perplexity;
 pub mod save;
 pub mod tokenizer;
 
+pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts};
 pub use device::{parse_device, parse_dtype};
 pub use error::{ModelError, Result};
 pub use load::{load, LoadOptions, LoadedModel};

@@ -14,7 +14,7 @@ pub fn token_nll(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
     if s < 2 {
         return Err(ModelError::Input("a window needs at least 2 tokens to predict one".into()));
     }
-    let logits = logits.narrow(1, 0, s - 1)?.to_dtype(DType::F32)?;
+    let logits = logits.narrow(1, 0, s - 1)?.to_dtype(DType::F32)?.contiguous()?;
     let targets = ids.narrow(1, 1, s - 1)?.to_dtype(DType::U32)?.unsqueeze(2)?;
     let lse = logits.log_sum_exp(D::Minus1)?;
     let picked = logits.gather(&targets.contiguous()?, 2)?.squeeze(2)?;
