@@ -46,7 +46,7 @@ impl GaParams {
     /// | `elites` | 2 |
     /// | `immigrants` (fraction of the population, rounded) | 0.1 (3 of 32) |
     /// | `crossover_prob` | 0.9 |
-    /// | `mutation_prob` | 1.0 |
+    /// | `mutation_prob` | 0.5 |
     /// | `duplicate_retries` | 8 |
     /// | `selection` | [`Tournament`] of size 3 |
     /// | `crossover` | [`SharedRemovedCrossover`] |
@@ -57,7 +57,7 @@ impl GaParams {
             elites: 2,
             immigrants: 0.1,
             crossover_prob: 0.9,
-            mutation_prob: 1.0,
+            mutation_prob: 0.5,
             duplicate_retries: 8,
             selection: Tournament::default(),
             crossover: SharedRemovedCrossover,
