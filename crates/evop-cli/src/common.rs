@@ -1,0 +1,34 @@
+//! Options shared by several subcommands: which model, device, dtype and mask.
+use anyhow::{Context, Result};
+use evop::model::{load, BlockMask, LoadOptions, LoadedModel};
+use std::path::PathBuf;
+
+/// Which model to load and where.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A Hugging Face model directory or a llama GGUF file; default: SmolLM2-135M-Instruct (fetched if missing).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Device: cpu, cuda[:N], metal[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Weights dtype: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<LoadedModel> {
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => evop::assets::AssetStore::from_env().smollm2_gguf().context("fetching the default model")?,
+        };
+        let opts = LoadOptions { dtype: evop::model::parse_dtype(&self.dtype)?, device: evop::model::parse_device(&self.device)? };
+        load(&path, &opts).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+/// Parses `--skip 3,17,18` into a mask for a model of `num_blocks` blocks.
+pub fn mask_from_list(num_blocks: usize, skip: &[usize]) -> Result<BlockMask> {
+    Ok(BlockMask::from_removed(num_blocks, skip)?)
+}
