@@ -45,6 +45,8 @@ pub use cluster::{auto_k, kmeans, Clustering, KChoice, KMeansOptions};
 pub use corpus::{Corpus, DocMeta, Document};
 pub use embed::{Embedder, HiddenStateEmbedder, MiniLm, MiniLmOptions};
 pub use error::{DataError, Result};
+/// The `ndarray` version of the embedding matrices in this API.
+pub use ndarray;
 pub use sample::{
     ccds_select, draw_from_clusters, equal_quotas, proportional_quotas, CcdsOptions, CcdsSampler, Quota,
     RandomSampler, Sampler, SamplerSettings, Selection,

@@ -29,7 +29,7 @@ pub const WIKIPEDIA_TOPICS: [&str; 12] = [
     "Geography",
     "Uncategorized",
     "Physical sciences",
-    "Society",
+    "Society and social sciences",
     "Arts",
     "Technology",
     "History",
