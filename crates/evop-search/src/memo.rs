@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(v, vec![5.0, 1.0]);
         assert_eq!((memo.evaluations(), memo.hits()), (2, 3));
         // Another fidelity is another key.
-        memo.evaluate(&f, &[a.clone()], Fidelity(2)).unwrap();
+        memo.evaluate(&f, std::slice::from_ref(&a), Fidelity(2)).unwrap();
         assert_eq!(memo.evaluations(), 3);
         assert_eq!(calls.borrow().len(), 2);
         assert_eq!(calls.borrow()[0].0, vec![a.clone(), b.clone()]);
