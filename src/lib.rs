@@ -1,8 +1,27 @@
 //! evop: depth pruning of large language models.
 //!
-//! This crate re-exports the workspace's library crates so that one dependency brings them all.
+//! Given a model of L decoder blocks and a budget of n, evop chooses which n blocks to skip so
+//! the pruned model loses as little quality as possible, then evaluates, runs and saves it. Our
+//! method is EvoP (Wu et al. 2025, "EvoP: Robust LLM Inference via Evolutionary Pruning",
+//! arXiv 2502.14910): cluster-based calibration sampling (CCDS) and an evolutionary pattern
+//! search (EPPS); the baselines are SLEB, ShortGPT, one-shot perplexity, angular distance, last-n,
+//! random and the exhaustive optimum.
+//!
+//! This crate re-exports the workspace's libraries and adds the end-to-end [`Pipeline`].
 pub use evop_assets as assets;
 pub use evop_baselines as baselines;
 pub use evop_data as data;
 pub use evop_model as model;
 pub use evop_search as search;
+
+pub mod error;
+pub mod evaluation;
+pub mod fitness;
+pub mod objective;
+pub mod pipeline;
+
+pub use error::{EvopError, Result};
+pub use evaluation::{evaluate, EvalReport, EvalSet};
+pub use fitness::CalibrationFitness;
+pub use objective::Objective;
+pub use pipeline::{build_calibration, CalibrationSpec, EmbedderKind, Pipeline, PruneReport, SamplerKind, SearchSpec, StrategyKind};

@@ -1,7 +1,11 @@
 //! The `evop` command line: prune a model with EvoP or a baseline, evaluate, compare methods,
 //! generate text, and fetch the default assets.
 mod common;
+mod experiment;
 mod generate;
+mod plots;
+mod progress;
+mod prune;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +27,8 @@ enum Command {
         #[command(subcommand)]
         action: AssetsAction,
     },
+    /// Choose blocks to remove (EvoP by default), compare with SLEB, evaluate, save the pruned model.
+    Prune(prune::Args),
     /// Sample text from a dense or pruned model with a KV cache.
     Generate(generate::Args),
 }
@@ -45,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Prune(args) => prune::run(args),
         Command::Generate(args) => generate::run(args),
     }
 }

@@ -1,0 +1,220 @@
+//! What `prune` and `compare` share: the corpus and its split, the calibration set, running a
+//! method by name on it, and evaluating masks on the evaluation split.
+use crate::common::ModelArgs;
+use crate::progress::{spinner, SearchProgress};
+use anyhow::{bail, Context, Result};
+use evop::data::{read_wikipedia_leads, Corpus, CorpusSplit, SplitRule};
+use evop::model::{BlockMask, ForwardCounts, LoadedModel};
+use evop::{CalibrationSpec, EmbedderKind, EvalReport, EvalSet, Objective, Pipeline, SamplerKind, SearchSpec, StrategyKind};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Calibration, search and evaluation settings shared by `prune` and `compare`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ExperimentArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text to calibrate and evaluate on: a .txt file, a directory of .txt files, a .jsonl file
+    /// (field `text`), or the Wikipedia leads JSON; default: the Wikipedia leads (fetched if missing).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Calibration sampler: `ccds` (cluster-based, EvoP) or `random` (SLEB's protocol).
+    #[arg(long, default_value = "ccds")]
+    pub calib: String,
+    /// CCDS embedder: `minilm` or `hidden:B` (the model's own mean-pooled state at block boundary B).
+    #[arg(long, default_value = "minilm")]
+    pub embedder: String,
+    /// CCDS clusters (default: the automatic rule of evop-data).
+    #[arg(long)]
+    pub clusters: Option<usize>,
+    /// CCDS candidate windows embedded and clustered.
+    #[arg(long, default_value_t = 512)]
+    pub pool: usize,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 8)]
+    pub calib_windows: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 128)]
+    pub seqlen: usize,
+    /// EvoP's objective: mean, balanced, worst-cluster, cvar:Q.
+    #[arg(long, default_value = "mean")]
+    pub objective: Objective,
+    /// EvoP's strategy: ga (EPPS) or one-plus-lambda (EvoPress).
+    #[arg(long, default_value = "ga")]
+    pub strategy: String,
+    /// GA population (or lambda for one-plus-lambda).
+    #[arg(long, default_value_t = 16)]
+    pub population: usize,
+    /// Maximum generations.
+    #[arg(long, default_value_t = 15)]
+    pub generations: u64,
+    /// Stop after this many generations without improvement (0: never).
+    #[arg(long, default_value_t = 6)]
+    pub stalled: u64,
+    /// Stop after this many fitness evaluations.
+    #[arg(long)]
+    pub budget: Option<u64>,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Evaluation windows of the evaluation split (the first ones; 0 = all).
+    #[arg(long, default_value_t = 32)]
+    pub eval_windows: usize,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 256)]
+    pub eval_seqlen: usize,
+    /// Also report perplexity per topic (Wikipedia leads only), this many windows per topic (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub topic_windows: usize,
+    /// Windows per forward batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+/// The model, the split and the evaluation windows.
+pub struct Setup {
+    pub model: LoadedModel,
+    pub split: CorpusSplit,
+    pub eval: EvalSet,
+}
+
+impl ExperimentArgs {
+    pub fn setup(&self) -> Result<Setup> {
+        let s = spinner("loading model and text");
+        let model = self.model.load()?;
+        let corpus = self.corpus()?;
+        let split = SplitRule::default().split(&corpus).context("splitting the corpus")?;
+        let max = (self.eval_windows > 0).then_some(self.eval_windows);
+        let topics = Some(self.topic_windows);
+        let eval = EvalSet::from_split(&model, &split, self.eval_seqlen, max, topics)?;
+        if eval.windows.is_empty() {
+            bail!("the evaluation split has fewer than {} tokens: use a larger corpus or a smaller --eval-seqlen", self.eval_seqlen);
+        }
+        s.finish_and_clear();
+        Ok(Setup { model, split, eval })
+    }
+
+    fn corpus(&self) -> Result<Corpus> {
+        let path = match &self.corpus {
+            Some(p) => p.clone(),
+            None => return Ok(read_wikipedia_leads(&evop::assets::AssetStore::from_env().wikipedia_leads()?)?),
+        };
+        let name = path.to_string_lossy().to_string();
+        Ok(if path.is_dir() {
+            Corpus::from_text_dir(&path)?
+        } else if name.ends_with(".jsonl") {
+            Corpus::from_jsonl(&path, "text")?
+        } else if name.ends_with(".json") {
+            read_wikipedia_leads(&path)?
+        } else {
+            Corpus::from_text_file(&path)?
+        })
+    }
+
+    pub fn calibration_spec(&self) -> Result<CalibrationSpec> {
+        let sampler = match self.calib.as_str() {
+            "random" => SamplerKind::Random,
+            "ccds" => {
+                let embedder = match self.embedder.as_str() {
+                    "minilm" => EmbedderKind::MiniLm,
+                    e => match e.strip_prefix("hidden:").and_then(|b| b.parse().ok()) {
+                        Some(block) => EmbedderKind::Hidden { block },
+                        None => bail!("unknown --embedder `{e}` (expected minilm or hidden:B)"),
+                    },
+                };
+                SamplerKind::Ccds { embedder, k: self.clusters, pool: self.pool }
+            }
+            other => bail!("unknown --calib `{other}` (expected ccds or random)"),
+        };
+        Ok(CalibrationSpec { windows: self.calib_windows, seqlen: self.seqlen, sampler })
+    }
+
+    pub fn search_spec(&self) -> Result<SearchSpec> {
+        let strategy = match self.strategy.as_str() {
+            "ga" => StrategyKind::Ga,
+            "one-plus-lambda" | "1+lambda" => StrategyKind::OnePlusLambda,
+            other => bail!("unknown --strategy `{other}` (expected ga or one-plus-lambda)"),
+        };
+        Ok(SearchSpec {
+            strategy,
+            population: self.population,
+            generations: self.generations,
+            stalled: (self.stalled > 0).then_some(self.stalled),
+            budget: self.budget,
+            ..SearchSpec::default()
+        })
+    }
+}
+
+/// One method's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodRun {
+    pub method: String,
+    pub n: usize,
+    pub removed: Vec<usize>,
+    pub search_seconds: f64,
+    pub counts: ForwardCounts,
+    /// Mean calibration NLL of the answer (same calibration set for all methods).
+    pub calibration_nll: f64,
+    pub eval: Option<EvalReport>,
+    /// Full report (EvoP) or trace (baselines).
+    pub detail: serde_json::Value,
+}
+
+/// Runs `method` (`evop` or a baseline name) removing `n` blocks, on `calib`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_method(
+    args: &ExperimentArgs,
+    setup: &Setup,
+    calib: &evop::data::CalibrationSet,
+    method: &str,
+    n: usize,
+    checkpoint: Option<(PathBuf, bool)>,
+    interrupt: Option<Arc<AtomicBool>>,
+    plots_dir: Option<&std::path::Path>,
+) -> Result<MethodRun> {
+    let lm = setup.model.lm.clone();
+    let windows = calib.token_windows();
+    let start = Instant::now();
+    let (removed, counts, detail) = if method == "evop" {
+        let mut p = Pipeline::new(&setup.model, setup.split.calibration.clone())
+            .remove(n)
+            .objective(args.objective)
+            .search(args.search_spec()?)
+            .seed(args.seed)
+            .evaluator(evop::model::EvaluatorOptions { batch_size: args.batch_size, ..Default::default() })
+            .observer(SearchProgress::new(args.generations, &format!("evop n={n}")));
+        if let Some((path, resume)) = checkpoint {
+            p = p.checkpoint(path, resume);
+        }
+        if let Some(flag) = interrupt {
+            p = p.interrupt(flag);
+        }
+        let report = p.run_on(calib)?;
+        if let Some(dir) = plots_dir {
+            crate::plots::convergence(&dir.join(format!("convergence-n{n}")), &report.history)?;
+        }
+        (report.removed.clone(), report.counts, serde_json::to_value(&report)?)
+    } else {
+        let pruner = evop::baselines::pruner_by_name(method)?;
+        let s = spinner(&format!("{method} n={n}"));
+        let r = pruner.prune(&lm, &windows, n)?;
+        s.finish_and_clear();
+        (r.removed(), r.counts, serde_json::to_value(&r.trace)?)
+    };
+    let search_seconds = start.elapsed().as_secs_f64();
+    let mask = BlockMask::from_removed(lm.num_blocks(), &removed)?;
+    let calibration_nll = evop::model::perplexity::perplexity(lm.as_ref(), &windows, &mask, args.batch_size)?.mean_nll;
+    Ok(MethodRun { method: method.to_string(), n, removed, search_seconds, counts, calibration_nll, eval: None, detail })
+}
+
+/// Evaluates a mask on the evaluation windows (with a spinner).
+pub fn evaluate(args: &ExperimentArgs, setup: &Setup, mask: &BlockMask, label: &str) -> Result<EvalReport> {
+    let s = spinner(&format!("evaluating {label} on {} tokens", setup.eval.tokens()));
+    let r = evop::evaluate(setup.model.lm.as_ref(), &setup.eval, mask, args.batch_size)?;
+    s.finish_and_clear();
+    Ok(r)
+}

@@ -1,0 +1,142 @@
+//! `evop prune`: choose blocks to remove with EvoP (default) or a baseline, compare with SLEB on
+//! the same calibration set, evaluate on the evaluation split, save the pruned model, report and
+//! plots.
+//!
+//! With no arguments: SmolLM2-135M (fetched if missing), 6 of 30 blocks, CCDS calibration of 8
+//! windows x 128 tokens from the Wikipedia leads' calibration split, EvoP's GA, then SLEB on the
+//! same calibration set, perplexity on 32 windows x 256 tokens of the evaluation split.
+use crate::experiment::{evaluate, run_method, ExperimentArgs, MethodRun};
+use anyhow::{bail, Context, Result};
+use evop::model::BlockMask;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub exp: ExperimentArgs,
+    /// Method: evop, sleb, shortgpt, ppl, angular, last-n, random, exhaustive.
+    #[arg(long, default_value = "evop")]
+    pub method: String,
+    /// Blocks to remove.
+    #[arg(long, conflicts_with = "sparsity")]
+    pub remove: Option<usize>,
+    /// Fraction of blocks to remove (ceil(sparsity * L)); default 0.2.
+    #[arg(long)]
+    pub sparsity: Option<f64>,
+    /// Baselines to run on the same calibration set for comparison (comma-separated; `none` for none).
+    #[arg(long, default_value = "sleb", value_delimiter = ',')]
+    pub compare: Vec<String>,
+    /// Output directory: pruned model (`model/`), calibration set, report.json, plots, checkpoint.
+    #[arg(long, default_value = "evop-out")]
+    pub out: PathBuf,
+    /// Continue an interrupted EvoP search from `<out>/checkpoint.json`.
+    #[arg(long)]
+    pub resume: bool,
+    /// Write the report as JSON to this file too (it is always written to `<out>/report.json`).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Do not save the pruned model.
+    #[arg(long)]
+    pub no_save: bool,
+}
+
+fn atomic_write(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model_dir = args.out.join("model");
+    if !args.no_save && model_dir.exists() && std::fs::read_dir(&model_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} already holds a model; choose another --out, remove it, or pass --no-save", model_dir.display());
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let setup = args.exp.setup()?;
+    let l = setup.model.lm.num_blocks();
+    let n = match (args.remove, args.sparsity) {
+        (Some(n), _) => n,
+        (None, s) => evop::baselines::blocks_for_sparsity(s.unwrap_or(0.2), l)?,
+    };
+    if n == 0 || n >= l {
+        bail!("--remove {n}: must be between 1 and {} for a model of {l} blocks", l - 1);
+    }
+
+    // The calibration set: reused on --resume so the resumed search sees the same data.
+    let calib_path = args.out.join("calibration.json");
+    let calib = if args.resume && calib_path.exists() {
+        evop::data::CalibrationSet::load(&calib_path)?
+    } else {
+        let s = crate::progress::spinner("building the calibration set");
+        let c = evop::build_calibration(&setup.model, &setup.split.calibration, &args.exp.calibration_spec()?, args.exp.seed)?;
+        s.finish_and_clear();
+        c.save(&calib_path)?;
+        c
+    };
+
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: stopping after the current generation (Ctrl-C again to abort)");
+        });
+    }
+    let checkpoint = Some((args.out.join("checkpoint.json"), args.resume));
+    let mut runs: Vec<MethodRun> = Vec::new();
+    let main = run_method(&args.exp, &setup, &calib, &args.method, n, checkpoint, Some(interrupt.clone()), Some(&args.out))?;
+    if interrupt.load(Ordering::SeqCst) {
+        eprintln!("search interrupted; resume with the same arguments plus --resume");
+        return Ok(());
+    }
+    runs.push(main);
+    for other in args.compare.iter().filter(|m| m.as_str() != "none" && **m != args.method) {
+        runs.push(run_method(&args.exp, &setup, &calib, other, n, None, None, None)?);
+    }
+
+    let dense = evaluate(&args.exp, &setup, &BlockMask::dense(l), "dense")?;
+    for r in &mut runs {
+        let mask = BlockMask::from_removed(l, &r.removed)?;
+        r.eval = Some(evaluate(&args.exp, &setup, &mask, &r.method)?);
+    }
+
+    println!("\nSmolLM2-style depth pruning: {n} of {l} blocks, calibration {} x {} tokens ({}), evaluation {} tokens\n",
+        calib.len(), args.exp.seqlen, args.exp.calib, setup.eval.tokens());
+    println!("| model | removed blocks | calib NLL | eval PPL | search s |");
+    println!("|---|---|---:|---:|---:|");
+    println!("| dense | - | - | {:.3} | - |", dense.overall.perplexity);
+    for r in &runs {
+        println!(
+            "| {} | {:?} | {:.4} | {:.3} | {:.1} |",
+            r.method, r.removed, r.calibration_nll, r.eval.as_ref().map_or(f64::NAN, |e| e.overall.perplexity), r.search_seconds
+        );
+    }
+
+    let rows: Vec<(String, Vec<usize>)> = runs.iter().map(|r| (r.method.clone(), r.removed.clone())).collect();
+    crate::plots::block_map(&args.out.join("block-map"), l, &rows)?;
+    let report = serde_json::json!({
+        "model": setup.model.source.display().to_string(),
+        "num_blocks": l,
+        "remove": n,
+        "calibration": calib.settings,
+        "calibration_clusters": calib.clusters,
+        "dense": dense,
+        "runs": runs,
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    atomic_write(&args.out.join("report.json"), text.as_bytes())?;
+    if let Some(p) = &args.json {
+        atomic_write(p, text.as_bytes())?;
+    }
+    if !args.no_save {
+        let mask = BlockMask::from_removed(l, &runs[0].removed)?;
+        evop::model::save_pruned(&setup.model, &mask, &model_dir)?;
+        println!("\npruned model ({}) written to {}", runs[0].method, model_dir.display());
+    }
+    println!("report, calibration set and plots in {}", args.out.display());
+    Ok(())
+}

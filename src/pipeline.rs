@@ -1,0 +1,392 @@
+//! EvoP end to end (Wu et al. 2025, arXiv 2502.14910): calibration pool -> token windows ->
+//! calibration set (random or CCDS) -> fitness (calibration objective of the masked model) ->
+//! evolutionary pattern search (EPPS) -> mask -> report.
+//!
+//! ```no_run
+//! use evop::{Pipeline, CalibrationSpec, SamplerKind};
+//! # fn main() -> evop::Result<()> {
+//! let store = evop::assets::AssetStore::from_env();
+//! let model = evop::model::load(&store.smollm2_gguf()?, &Default::default())?;
+//! let corpus = evop::data::read_wikipedia_leads(&store.wikipedia_leads()?)?;
+//! let pool = evop::data::SplitRule::default().split(&corpus)?.calibration;
+//! let report = Pipeline::new(&model, pool)
+//!     .remove(6)
+//!     .calibration(CalibrationSpec { windows: 8, seqlen: 128, sampler: SamplerKind::ccds_minilm() })
+//!     .seed(0)
+//!     .run()?;
+//! println!("removed {:?}, calibration loss {:.4}", report.removed, report.objective_value);
+//! # Ok(()) }
+//! ```
+use crate::error::{EvopError, Result};
+use crate::fitness::CalibrationFitness;
+use crate::objective::Objective;
+use evop_data::{
+    make_windows, CalibrationSet, CcdsOptions, CcdsSampler, Corpus, HiddenStateEmbedder, KChoice, MiniLm,
+    MiniLmOptions, RandomSampler, Sampler, Window, WindowOptions,
+};
+use evop_model::{BlockMask, EvaluatorOptions, ForwardCounts, LoadedModel};
+use evop_search::{
+    GaParams, GenerationReport, Mask, MaskSpace, Observer, OnePlusLambdaParams, Search, StopReason, Termination,
+};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Which embedder CCDS clusters with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedderKind {
+    /// all-MiniLM-L6-v2 sentence embeddings (fetched into the asset cache).
+    MiniLm,
+    /// The target model's own mean-pooled hidden state at this block boundary.
+    Hidden { block: usize },
+}
+
+/// How the calibration windows are chosen from the pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SamplerKind {
+    /// Uniformly at random (SLEB's protocol).
+    Random,
+    /// CCDS: embed `pool` candidate windows, k-means (`k = None`: the automatic rule), draw across clusters.
+    Ccds { embedder: EmbedderKind, k: Option<usize>, pool: usize },
+}
+
+impl SamplerKind {
+    /// CCDS with MiniLM, automatic k, 512 candidate windows.
+    pub fn ccds_minilm() -> Self {
+        Self::Ccds { embedder: EmbedderKind::MiniLm, k: None, pool: 512 }
+    }
+}
+
+/// Size and source of the calibration set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationSpec {
+    /// Calibration windows.
+    pub windows: usize,
+    /// Tokens per window.
+    pub seqlen: usize,
+    pub sampler: SamplerKind,
+}
+
+impl Default for CalibrationSpec {
+    /// 8 windows of 128 tokens drawn with CCDS (MiniLM, automatic k, 512 candidates): sized so the
+    /// default run finishes on a 2-core CPU. On a GPU, raise `windows` and `seqlen` (e.g. 128 x 2048).
+    fn default() -> Self {
+        Self { windows: 8, seqlen: 128, sampler: SamplerKind::ccds_minilm() }
+    }
+}
+
+/// Which evolutionary strategy searches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    /// EPPS: the generational GA of EvoP.
+    Ga,
+    /// The (1+lambda) EA of EvoPress.
+    OnePlusLambda,
+}
+
+/// Search budget and strategy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchSpec {
+    pub strategy: StrategyKind,
+    /// GA population, or lambda (offspring per generation) for (1+lambda).
+    pub population: usize,
+    /// Generations after initialisation.
+    pub generations: u64,
+    /// Stop early after this many generations without improvement.
+    pub stalled: Option<u64>,
+    /// Stop once the fitness has been called on this many masks.
+    pub budget: Option<u64>,
+    /// Never remove the first and the last block (as SLEB never does).
+    pub protect_ends: bool,
+    /// Masks (lists of removed blocks) placed in the initial population, e.g. a baseline's answer.
+    pub seed_masks: Vec<Vec<usize>>,
+}
+
+impl Default for SearchSpec {
+    /// GA, population 16, 15 generations, stop after 6 stalled generations, no evaluation cap,
+    /// ends protected, no seed masks.
+    fn default() -> Self {
+        Self {
+            strategy: StrategyKind::Ga,
+            population: 16,
+            generations: 15,
+            stalled: Some(6),
+            budget: None,
+            protect_ends: true,
+            seed_masks: Vec::new(),
+        }
+    }
+}
+
+/// The outcome of a pruning run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Removed blocks, ascending.
+    pub removed: Vec<usize>,
+    pub num_blocks: usize,
+    /// The objective's value for the chosen mask at full fidelity.
+    pub objective_value: f64,
+    pub objective: Objective,
+    /// Mean NLL per calibration window under the chosen mask.
+    pub window_losses: Vec<f64>,
+    pub stop_reason: Option<StopReason>,
+    pub generations: u64,
+    pub evaluations: u64,
+    pub cache_hits: u64,
+    /// Block and head applications spent by the search.
+    pub counts: ForwardCounts,
+    /// One entry per generation.
+    pub history: Vec<GenerationReport>,
+    /// Seconds spent building the calibration set and searching.
+    pub calibration_seconds: f64,
+    pub search_seconds: f64,
+}
+
+impl PruneReport {
+    /// The chosen mask.
+    pub fn mask(&self) -> Result<BlockMask> {
+        Ok(BlockMask::from_removed(self.num_blocks, &self.removed)?)
+    }
+}
+
+/// EvoP's pipeline, configured with a builder.
+pub struct Pipeline<'m> {
+    model: &'m LoadedModel,
+    pool: Corpus,
+    remove: usize,
+    calibration: CalibrationSpec,
+    objective: Objective,
+    search: SearchSpec,
+    evaluator: EvaluatorOptions,
+    seed: u64,
+    checkpoint: Option<PathBuf>,
+    resume: bool,
+    interrupt: Option<Arc<AtomicBool>>,
+    observers: Vec<Box<dyn Observer>>,
+}
+
+impl<'m> Pipeline<'m> {
+    /// A pipeline over `model` drawing calibration text from `pool`. Defaults: remove 6 blocks,
+    /// [`CalibrationSpec::default`], [`Objective::MeanNll`], [`SearchSpec::default`], seed 0.
+    pub fn new(model: &'m LoadedModel, pool: Corpus) -> Self {
+        Self {
+            model,
+            pool,
+            remove: 6,
+            calibration: CalibrationSpec::default(),
+            objective: Objective::default(),
+            search: SearchSpec::default(),
+            evaluator: EvaluatorOptions::default(),
+            seed: 0,
+            checkpoint: None,
+            resume: false,
+            interrupt: None,
+            observers: Vec::new(),
+        }
+    }
+
+    /// Number of blocks to remove.
+    pub fn remove(mut self, n: usize) -> Self {
+        self.remove = n;
+        self
+    }
+    pub fn calibration(mut self, spec: CalibrationSpec) -> Self {
+        self.calibration = spec;
+        self
+    }
+    pub fn objective(mut self, objective: Objective) -> Self {
+        self.objective = objective;
+        self
+    }
+    pub fn search(mut self, spec: SearchSpec) -> Self {
+        self.search = spec;
+        self
+    }
+    /// How candidates are evaluated (batch size, reuse).
+    pub fn evaluator(mut self, options: EvaluatorOptions) -> Self {
+        self.evaluator = options;
+        self
+    }
+    /// Seed of every random choice (pool subsampling, clustering, search).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Write a checkpoint after every generation to `path`; with `resume`, continue from it.
+    pub fn checkpoint(mut self, path: impl Into<PathBuf>, resume: bool) -> Self {
+        self.checkpoint = Some(path.into());
+        self.resume = resume;
+        self
+    }
+    /// Stop cleanly after the current generation once `flag` is set (e.g. by Ctrl-C).
+    pub fn interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+    /// Report every generation to `observer`.
+    pub fn observer(mut self, observer: impl Observer + 'static) -> Self {
+        self.observers.push(Box::new(observer));
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        let l = self.model.lm.num_blocks();
+        let protected = if self.search.protect_ends { 2 } else { 0 };
+        if self.remove == 0 || self.remove + protected > l {
+            return Err(EvopError::config(
+                "remove",
+                self.remove,
+                format!("must be between 1 and {} for a model of {l} blocks{}", l - protected, if protected > 0 { " with the first and last protected" } else { "" }),
+            ));
+        }
+        if self.calibration.windows == 0 {
+            return Err(EvopError::config("calibration.windows", 0, "at least one window"));
+        }
+        if self.calibration.seqlen < 2 {
+            return Err(EvopError::config("calibration.seqlen", self.calibration.seqlen, "at least 2 tokens"));
+        }
+        Ok(())
+    }
+
+    /// Cuts the pool into windows and draws the calibration set with the configured sampler.
+    pub fn build_calibration(&self) -> Result<CalibrationSet> {
+        self.check()?;
+        build_calibration(self.model, &self.pool, &self.calibration, self.seed)
+    }
+
+    /// Builds the calibration set and searches.
+    pub fn run(self) -> Result<PruneReport> {
+        let start = Instant::now();
+        let calib = self.build_calibration()?;
+        let calibration_seconds = start.elapsed().as_secs_f64();
+        let mut report = self.run_on(&calib)?;
+        report.calibration_seconds = calibration_seconds;
+        Ok(report)
+    }
+
+    /// Searches with a given calibration set (e.g. shared with baselines).
+    pub fn run_on(mut self, calib: &CalibrationSet) -> Result<PruneReport> {
+        self.check()?;
+        let start = Instant::now();
+        let lm = self.model.lm.clone();
+        let l = lm.num_blocks();
+        let windows = calib.token_windows();
+        let groups = calib.clusters.clone();
+        let fitness = CalibrationFitness::new(lm, &windows, groups.as_deref(), self.objective, self.evaluator.clone())?;
+        let protected: Vec<usize> = if self.search.protect_ends { vec![0, l - 1] } else { vec![] };
+        let space = MaskSpace::new(l, self.remove, protected)?;
+        let seeds = self
+            .search
+            .seed_masks
+            .iter()
+            .map(|r| Mask::from_removed(&space, r))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let outcome = match self.search.strategy {
+            StrategyKind::Ga => {
+                let ga = GaParams::new().population(self.search.population).check()?;
+                self.configure(Search::new(space, ga), seeds).run(&fitness)?
+            }
+            StrategyKind::OnePlusLambda => {
+                let es = OnePlusLambdaParams::new().lambda(self.search.population).check()?;
+                self.configure(Search::new(space, es), seeds).run(&fitness)?
+            }
+        };
+        let mask = CalibrationFitness::block_mask(&outcome.best);
+        let (value, window_losses) = fitness.score_mask(&mask)?;
+        Ok(PruneReport {
+            removed: mask.removed().collect(),
+            num_blocks: l,
+            objective_value: value,
+            objective: self.objective,
+            window_losses,
+            stop_reason: Some(outcome.reason),
+            generations: outcome.generations,
+            evaluations: outcome.evaluations,
+            cache_hits: outcome.cache_hits,
+            counts: fitness.counts(),
+            history: outcome.history,
+            calibration_seconds: 0.0,
+            search_seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn configure<St: evop_search::Strategy>(&mut self, search: Search<St>, seeds: Vec<Mask>) -> Search<St> {
+        let mut s = search.seed(self.seed).seed_masks(seeds).until(Termination::MaxGenerations(self.search.generations));
+        if let Some(n) = self.search.stalled {
+            s = s.until(Termination::Stalled(n));
+        }
+        if let Some(b) = self.search.budget {
+            s = s.until(Termination::Budget(b));
+        }
+        if let Some(flag) = &self.interrupt {
+            s = s.until(Termination::Interrupted(flag.clone()));
+        }
+        if let Some(path) = &self.checkpoint {
+            s = s.checkpoint(path.clone());
+            if self.resume && path.exists() {
+                s = s.resume_from(path.clone());
+            }
+        }
+        for o in self.observers.drain(..) {
+            s = s.observer(BoxedObserver(o));
+        }
+        s
+    }
+}
+
+/// Draws a calibration set from `pool` (see [`CalibrationSpec`]).
+pub fn build_calibration(model: &LoadedModel, pool: &Corpus, spec: &CalibrationSpec, seed: u64) -> Result<CalibrationSet> {
+    let tokenizer = model.tokenizer()?;
+    let wopts = WindowOptions::new(spec.seqlen);
+    let mut windows: Vec<Window> = make_windows(pool, tokenizer, &wopts)?;
+    let candidates = match &spec.sampler {
+        SamplerKind::Random => windows.len(),
+        SamplerKind::Ccds { pool, .. } => (*pool).max(spec.windows),
+    };
+    if windows.len() > candidates {
+        // A seeded subsample of candidate windows bounds the embedding cost.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_CA11);
+        windows.shuffle(&mut rng);
+        windows.truncate(candidates);
+    }
+    let sampler: Box<dyn Sampler> = match &spec.sampler {
+        SamplerKind::Random => Box::new(RandomSampler { seed }),
+        SamplerKind::Ccds { embedder, k, .. } => {
+            let mut options = CcdsOptions::seeded(seed);
+            if let Some(k) = k {
+                options.kmeans.k = KChoice::Fixed(*k);
+            }
+            match embedder {
+                EmbedderKind::MiniLm => {
+                    let dir = evop_assets::AssetStore::from_env().minilm_dir()?;
+                    let minilm = MiniLm::load(&dir, MiniLmOptions::default())?.with_window_tokenizer(tokenizer.clone());
+                    Box::new(CcdsSampler::new(minilm, options))
+                }
+                EmbedderKind::Hidden { block } => {
+                    Box::new(CcdsSampler::new(HiddenStateEmbedder::new(model.lm.clone(), *block)?, options))
+                }
+            }
+        }
+    };
+    let name = format!("{}/calibration", pool.name);
+    Ok(CalibrationSet::build(&windows, spec.windows, sampler.as_ref(), wopts, name)?)
+}
+
+/// Forwards to a boxed observer (the search takes observers by value).
+struct BoxedObserver(Box<dyn Observer>);
+
+impl Observer for BoxedObserver {
+    fn observe(&mut self, report: &GenerationReport) -> std::result::Result<(), evop_search::BoxError> {
+        self.0.observe(report)
+    }
+    fn finish(&mut self, reason: StopReason, last: &GenerationReport) -> std::result::Result<(), evop_search::BoxError> {
+        self.0.finish(reason, last)
+    }
+}
