@@ -11,7 +11,7 @@
 //! ([`AngularTokens::Last`]); [`AngularTokens::All`] averages over every position instead. States
 //! are the raw residual stream (before the final norm). Ties go to the earlier run. A run that
 //! contains a `protected` block is not considered (none by default, as in the paper).
-use crate::common::{check_eligible, check_n, check_windows, eligible_blocks, for_each_dense_batch, loss_order, rows, token_cosine};
+use crate::common::{check_n, check_windows, eligible_blocks, for_each_dense_batch, loss_order, rows, token_cosine};
 use crate::error::Result;
 use crate::{PruneResult, Pruner, Trace};
 use evop_model::{BlockLm, BlockMask, ForwardCounts};
@@ -104,10 +104,16 @@ impl Pruner for Angular {
         let start = Instant::now();
         let l = lm.num_blocks();
         check_n(n, l)?;
-        eligible_blocks(l, &self.protected)?;
+        let eligible = eligible_blocks(l, &self.protected)?.len();
         let allowed: Vec<usize> = (0..=l - n).filter(|&s| !(s..s + n).any(|b| self.protected.contains(&b))).collect();
         if allowed.is_empty() {
-            check_eligible("angular", n, 0, l, format!("no run of {n} contiguous blocks avoids the protected blocks {:?}", self.protected))?;
+            return Err(crate::BaselineError::NotEnoughEligible {
+                method: "angular",
+                n,
+                eligible,
+                num_blocks: l,
+                why: format!("no run of {n} contiguous blocks avoids the protected blocks {:?}", self.protected),
+            });
         }
         let (d, forwards) = run_distances(lm.as_ref(), calibration, n, self.tokens, self.batch_size)?;
         let runs: Vec<RunDistance> = allowed.iter().map(|&s| RunDistance { start: s, distance: d[s] }).collect();
