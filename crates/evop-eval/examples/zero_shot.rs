@@ -9,16 +9,10 @@
 //! (`natural_instructions/subtask047_misc_answering_science_questions`). Files are fetched into the
 //! evop asset cache on first use. Prints one JSON line per task.
 use anyhow::{bail, Context};
-use evop_eval::{evaluate_task_cached, load_bigbench, BigBenchFormat, EvalOptions, TokenCache};
+use evop_eval::{evaluate_task_cached, load_bigbench, resolve_task, BigBenchFormat, EvalOptions, TokenCache};
 use evop_model::{load, BlockMask, LoadOptions};
 use std::path::PathBuf;
 use std::time::Instant;
-
-const ALIASES: [(&str, &str); 3] = [
-    ("science", "natural_instructions/subtask047_misc_answering_science_questions"),
-    ("winogrande", "natural_instructions/subtask029_winogrande_full_object"),
-    ("step_inference", "goal_step_wikihow/step_inference"),
-];
 
 struct Args {
     tasks: Vec<String>,
@@ -73,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     let mut cache = TokenCache::new();
     let mut results = Vec::new();
     for name in &args.tasks {
-        let full = ALIASES.iter().find(|(a, _)| a == name).map_or(name.as_str(), |(_, t)| t);
+        let full = resolve_task(name);
         let file = store.bigbench_task(full)?;
         let task = load_bigbench(&file, full, BigBenchFormat::Auto)?;
         let started = Instant::now();

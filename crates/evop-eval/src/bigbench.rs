@@ -27,6 +27,18 @@ use crate::task::{McItem, McTask};
 use serde_json::Value;
 use std::path::Path;
 
+/// Short names of the development tasks of ASSETS.md and their BIG-bench task paths.
+pub const DEV_TASKS: [(&str, &str); 3] = [
+    ("science", "natural_instructions/subtask047_misc_answering_science_questions"),
+    ("winogrande", "natural_instructions/subtask029_winogrande_full_object"),
+    ("step_inference", "goal_step_wikihow/step_inference"),
+];
+
+/// The BIG-bench task path of a short name from [`DEV_TASKS`]; any other name is returned as is.
+pub fn resolve_task(name: &str) -> &str {
+    DEV_TASKS.iter().find(|(alias, _)| *alias == name).map_or(name, |(_, path)| path)
+}
+
 /// Which layout a `task.json` uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BigBenchFormat {
@@ -229,6 +241,12 @@ mod tests {
 
     fn p() -> &'static Path {
         Path::new("task.json")
+    }
+
+    #[test]
+    fn aliases_resolve_to_task_paths() {
+        assert_eq!(resolve_task("winogrande"), "natural_instructions/subtask029_winogrande_full_object");
+        assert_eq!(resolve_task("bbq_lite_json/x"), "bbq_lite_json/x");
     }
 
     #[test]

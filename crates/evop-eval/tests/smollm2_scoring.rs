@@ -58,7 +58,7 @@ fn check_against_reference(file: &str, mask: &BlockMask, batch_size: usize) {
         assert!(got < 0.0 && got.is_finite());
     }
     eprintln!("{file}: {} requests, max abs difference {max_diff:.2e}", p.requests.len());
-    assert!(max_diff < 2e-3, "{file}: max |scorer - reference| = {max_diff}");
+    assert!(max_diff < 5e-4, "{file}: max |scorer - reference| = {max_diff}");
     for s in &scores {
         let best = s.loglik.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         assert_eq!(s.loglik[s.pred], best, "{file} item {}: pred is not the argmax", s.id);
