@@ -11,6 +11,7 @@
 pub use evop_assets as assets;
 pub use evop_baselines as baselines;
 pub use evop_data as data;
+pub use evop_eval as eval;
 pub use evop_model as model;
 pub use evop_search as search;
 

@@ -1,6 +1,8 @@
 //! The `evop` command line: prune a model with EvoP or a baseline, evaluate, compare methods,
 //! generate text, and fetch the default assets.
 mod common;
+mod compare;
+mod eval;
 mod experiment;
 mod generate;
 mod plots;
@@ -29,6 +31,10 @@ enum Command {
     },
     /// Choose blocks to remove (EvoP by default), compare with SLEB, evaluate, save the pruned model.
     Prune(prune::Args),
+    /// Several methods at several n on one calibration set: table, JSON and plots.
+    Compare(compare::Args),
+    /// Perplexity and zero-shot accuracy of a dense, masked or saved model.
+    Eval(eval::Args),
     /// Sample text from a dense or pruned model with a KV cache.
     Generate(generate::Args),
 }
@@ -52,6 +58,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Prune(args) => prune::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
     }
 }

@@ -5,7 +5,8 @@ use crate::error::Result;
 use crate::model::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
 use crate::numerics::{attention, split_heads, RotaryTable};
 use candle_core::{Module, Tensor};
-use candle_nn::{linear_no_bias, rms_norm, Embedding, Linear, RmsNorm, VarBuilder};
+use crate::numerics::Linear;
+use candle_nn::{rms_norm, Embedding, RmsNorm, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 fn default_rope_theta() -> f64 {
@@ -103,19 +104,19 @@ impl Llama {
             blocks.push(Block {
                 input_norm: rms_norm(h, cfg.rms_norm_eps, b.pp("input_layernorm"))?,
                 attn: Attention {
-                    q: linear_no_bias(h, heads * head_dim, a.pp("q_proj"))?,
-                    k: linear_no_bias(h, kv_heads * head_dim, a.pp("k_proj"))?,
-                    v: linear_no_bias(h, kv_heads * head_dim, a.pp("v_proj"))?,
-                    o: linear_no_bias(heads * head_dim, h, a.pp("o_proj"))?,
+                    q: Linear::from(candle_nn::linear_no_bias(h, heads * head_dim, a.pp("q_proj"))?),
+                    k: Linear::from(candle_nn::linear_no_bias(h, kv_heads * head_dim, a.pp("k_proj"))?),
+                    v: Linear::from(candle_nn::linear_no_bias(h, kv_heads * head_dim, a.pp("v_proj"))?),
+                    o: Linear::from(candle_nn::linear_no_bias(heads * head_dim, h, a.pp("o_proj"))?),
                     heads,
                     kv_heads,
                     scale: 1.0 / (head_dim as f64).sqrt(),
                 },
                 post_attn_norm: rms_norm(h, cfg.rms_norm_eps, b.pp("post_attention_layernorm"))?,
                 mlp: Mlp {
-                    gate: linear_no_bias(h, cfg.intermediate_size, p.pp("gate_proj"))?,
-                    up: linear_no_bias(h, cfg.intermediate_size, p.pp("up_proj"))?,
-                    down: linear_no_bias(cfg.intermediate_size, h, p.pp("down_proj"))?,
+                    gate: Linear::from(candle_nn::linear_no_bias(h, cfg.intermediate_size, p.pp("gate_proj"))?),
+                    up: Linear::from(candle_nn::linear_no_bias(h, cfg.intermediate_size, p.pp("up_proj"))?),
+                    down: Linear::from(candle_nn::linear_no_bias(cfg.intermediate_size, h, p.pp("down_proj"))?),
                 },
             });
         }
@@ -123,7 +124,7 @@ impl Llama {
         let head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
             Linear::new(embed_w, None)
         } else {
-            linear_no_bias(h, cfg.vocab_size, vb.pp("lm_head"))?
+            Linear::from(candle_nn::linear_no_bias(h, cfg.vocab_size, vb.pp("lm_head"))?)
         };
         let rotary =
             RotaryTable::new(head_dim, cfg.max_position_embeddings, cfg.rope_theta, vb.dtype(), vb.device())?;

@@ -6,7 +6,8 @@ use crate::error::{ModelError, Result};
 use crate::model::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
 use crate::numerics::{attention, split_heads};
 use candle_core::{Module, Tensor};
-use candle_nn::{layer_norm, linear, linear_no_bias, Embedding, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use crate::numerics::Linear;
+use candle_nn::{layer_norm, Embedding, LayerNorm, LayerNormConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 /// OPT's learned position table starts at index 2 (Hugging Face `OPTLearnedPositionalEmbedding`).
@@ -91,9 +92,9 @@ impl Opt {
         let ln_cfg = LayerNormConfig { eps: 1e-5, affine: cfg.layer_norm_elementwise_affine, ..Default::default() };
         let lin = |i: usize, o: usize, vb: VarBuilder| {
             if cfg.enable_bias {
-                linear(i, o, vb)
+                candle_nn::linear(i, o, vb).map(Linear::from)
             } else {
-                linear_no_bias(i, o, vb)
+                candle_nn::linear_no_bias(i, o, vb).map(Linear::from)
             }
         };
         let embed_w = d.pp("embed_tokens").get((cfg.vocab_size, e), "weight")?;
@@ -103,7 +104,7 @@ impl Opt {
             h,
         );
         let (project_in, project_out) = if e != h {
-            (Some(linear_no_bias(e, h, d.pp("project_in"))?), Some(linear_no_bias(h, e, d.pp("project_out"))?))
+            (Some(Linear::from(candle_nn::linear_no_bias(e, h, d.pp("project_in"))?)), Some(Linear::from(candle_nn::linear_no_bias(h, e, d.pp("project_out"))?)))
         } else {
             (None, None)
         };
@@ -128,7 +129,7 @@ impl Opt {
             });
         }
         let head = if vb.contains_tensor("lm_head.weight") {
-            linear_no_bias(e, cfg.vocab_size, vb.pp("lm_head"))?
+            Linear::from(candle_nn::linear_no_bias(e, cfg.vocab_size, vb.pp("lm_head"))?)
         } else {
             Linear::new(embed_w, None)
         };
