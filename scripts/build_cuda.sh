@@ -35,4 +35,4 @@ if [ ! -e "$C/lib/libcuda.so" ]; then
 fi
 export CUDA_HOME="$C" PATH="$C/bin:$PATH" CUDA_COMPUTE_CAP=90 LIBRARY_PATH="$C/lib" \
   LD_LIBRARY_PATH="$C/lib:${LD_LIBRARY_PATH:-}" CARGO_TARGET_DIR="$PWD/target-cuda"
-cargo build --release --features cuda -p evop-cli "$@"
+cargo build --release --features cuda -p evop-cli -p evop "$@"

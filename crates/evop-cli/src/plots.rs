@@ -41,7 +41,7 @@ pub fn convergence(stem: &Path, history: &[GenerationReport]) -> Result<()> {
             .x_label_area_size(36)
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..gens, (lo - pad)..(hi + pad))?;
-        chart.configure_mesh().x_desc("generation").y_desc("objective (nats)").draw()?;
+        chart.configure_mesh().x_desc("generation").y_desc("objective (nats)").label_style(("sans-serif", 14)).draw()?;
         chart.draw_series(LineSeries::new(best.clone(), BLUE.stroke_width(2)))?.label("best").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
         chart.draw_series(LineSeries::new(mean.clone(), RED))?.label("population mean").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
@@ -51,7 +51,7 @@ pub fn convergence(stem: &Path, history: &[GenerationReport]) -> Result<()> {
 
 /// One row per method, one cell per block; removed blocks filled.
 pub fn block_map(stem: &Path, num_blocks: usize, rows: &[(String, Vec<usize>)]) -> Result<()> {
-    let height = 60 + 28 * rows.len() as u32;
+    let height = 90 + 40 * rows.len() as u32;
     svg_and_png!(stem, (760, height), |root| {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
@@ -64,7 +64,9 @@ pub fn block_map(stem: &Path, num_blocks: usize, rows: &[(String, Vec<usize>)]) 
             .configure_mesh()
             .disable_mesh()
             .x_desc("block")
-            .y_labels(rows.len())
+            .x_labels(num_blocks.min(32))
+            .label_style(("sans-serif", 14))
+            .y_labels(rows.len() + 1)
             .y_label_formatter(&|y| rows.get(*y).map(|r| r.0.clone()).unwrap_or_default())
             .draw()?;
         for (r, (_, removed)) in rows.iter().enumerate() {
@@ -95,7 +97,7 @@ pub fn ppl_vs_sparsity(stem: &Path, series: &[(String, Vec<(usize, f64)>)]) -> R
             .x_label_area_size(36)
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..max_n as f64 + 0.5, (lo.max(1.0)..hi).log_scale())?;
-        chart.configure_mesh().x_desc("blocks removed").y_desc("perplexity (log)").draw()?;
+        chart.configure_mesh().x_desc("blocks removed").y_desc("perplexity (log)").label_style(("sans-serif", 14)).draw()?;
         for (i, (name, s)) in series.iter().enumerate() {
             let c = palette[i % palette.len()];
             let data: Vec<(f64, f64)> = s.iter().map(|&(n, p)| (n as f64, p)).collect();
