@@ -1,5 +1,5 @@
 //! Pruning methods side by side on the same model, calibration set and n: the "benchmark against
-//! SLEB" users run. One function per method; EvoP joins as `evop_search` once its pipeline exists.
+//! SLEB" users run. One function per method, EvoP's search included.
 //!
 //! ```text
 //! cargo bench --bench pruning
@@ -84,7 +84,14 @@ fn shortgpt(g: &mut BenchmarkGroup<'_, WallTime>, s: &Setup) {
     bench_method(g, s, "shortgpt", &ShortGpt::default());
 }
 
-// fn evop_search(g: &mut BenchmarkGroup<'_, WallTime>, s: &Setup) { ... }  // EvoP, same model, data and n
+/// EvoP's search (population 12, at most 8 generations, stop after 4 stalled) on the same windows.
+fn evop_search(g: &mut BenchmarkGroup<'_, WallTime>, s: &Setup) {
+    let pruner = evop::EvopPruner {
+        search: evop::SearchSpec { population: 12, generations: 8, stalled: Some(4), ..Default::default() },
+        ..Default::default()
+    };
+    bench_method(g, s, "evop", &pruner);
+}
 
 fn pruning(c: &mut Criterion) {
     let s = setup();
@@ -92,6 +99,7 @@ fn pruning(c: &mut Criterion) {
     g.sample_size(10).sampling_mode(SamplingMode::Flat).warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(1));
     shortgpt(&mut g, &s);
     sleb(&mut g, &s);
+    evop_search(&mut g, &s);
     g.finish();
 }
 

@@ -20,9 +20,13 @@ pub mod evaluation;
 pub mod fitness;
 pub mod objective;
 pub mod pipeline;
+pub mod pruner;
 
 pub use error::{EvopError, Result};
 pub use evaluation::{evaluate, EvalReport, EvalSet};
 pub use fitness::CalibrationFitness;
 pub use objective::Objective;
-pub use pipeline::{build_calibration, CalibrationSpec, EmbedderKind, Pipeline, PruneReport, SamplerKind, SearchSpec, StrategyKind};
+pub use pipeline::{
+    build_calibration, CalibrationSpec, EmbedderKind, Pipeline, PruneReport, SamplerKind, SearchJob, SearchSpec, StrategyKind,
+};
+pub use pruner::EvopPruner;

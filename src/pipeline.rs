@@ -24,7 +24,7 @@ use evop_data::{
     make_windows, CalibrationSet, CcdsOptions, CcdsSampler, Corpus, HiddenStateEmbedder, KChoice, MiniLm,
     MiniLmOptions, RandomSampler, Sampler, Window, WindowOptions,
 };
-use evop_model::{BlockMask, EvaluatorOptions, ForwardCounts, LoadedModel};
+use evop_model::{BlockLm, BlockMask, EvaluatorOptions, ForwardCounts, LoadedModel};
 use evop_search::{
     GaParams, GenerationReport, Mask, MaskSpace, Observer, OnePlusLambdaParams, Search, StopReason, Termination,
 };
@@ -274,12 +274,54 @@ impl<'m> Pipeline<'m> {
     /// Searches with a given calibration set (e.g. shared with baselines).
     pub fn run_on(mut self, calib: &CalibrationSet) -> Result<PruneReport> {
         self.check()?;
-        let start = Instant::now();
-        let lm = self.model.lm.clone();
-        let l = lm.num_blocks();
         let windows = calib.token_windows();
-        let groups = calib.clusters.clone();
-        let fitness = CalibrationFitness::new(lm, &windows, groups.as_deref(), self.objective, self.evaluator.clone())?;
+        let job = SearchJob {
+            remove: self.remove,
+            objective: self.objective,
+            search: self.search.clone(),
+            evaluator: self.evaluator.clone(),
+            seed: self.seed,
+            checkpoint: self.checkpoint.clone().map(|p| (p, self.resume)),
+            interrupt: self.interrupt.clone(),
+            observers: std::mem::take(&mut self.observers),
+        };
+        job.run(self.model.lm.clone(), &windows, calib.clusters.as_deref())
+    }
+}
+
+/// EvoP's search on given calibration windows: everything after the calibration set is drawn.
+pub struct SearchJob {
+    pub remove: usize,
+    pub objective: Objective,
+    pub search: SearchSpec,
+    pub evaluator: EvaluatorOptions,
+    pub seed: u64,
+    /// Checkpoint path and whether to resume from it.
+    pub checkpoint: Option<(PathBuf, bool)>,
+    pub interrupt: Option<Arc<AtomicBool>>,
+    pub observers: Vec<Box<dyn Observer>>,
+}
+
+impl SearchJob {
+    /// A job with the default search, objective and evaluator.
+    pub fn new(remove: usize, seed: u64) -> Self {
+        Self {
+            remove,
+            objective: Objective::default(),
+            search: SearchSpec::default(),
+            evaluator: EvaluatorOptions::default(),
+            seed,
+            checkpoint: None,
+            interrupt: None,
+            observers: Vec::new(),
+        }
+    }
+
+    /// Searches the masks of `lm` removing `remove` blocks on `windows` (with optional cluster labels).
+    pub fn run(mut self, lm: Arc<dyn BlockLm>, windows: &[Vec<u32>], groups: Option<&[usize]>) -> Result<PruneReport> {
+        let start = Instant::now();
+        let l = lm.num_blocks();
+        let fitness = CalibrationFitness::new(lm, windows, groups, self.objective, self.evaluator.clone())?;
         let protected: Vec<usize> = if self.search.protect_ends { vec![0, l - 1] } else { vec![] };
         let space = MaskSpace::new(l, self.remove, protected)?;
         let seeds = self
@@ -328,9 +370,9 @@ impl<'m> Pipeline<'m> {
         if let Some(flag) = &self.interrupt {
             s = s.until(Termination::Interrupted(flag.clone()));
         }
-        if let Some(path) = &self.checkpoint {
+        if let Some((path, resume)) = &self.checkpoint {
             s = s.checkpoint(path.clone());
-            if self.resume && path.exists() {
+            if *resume && path.exists() {
                 s = s.resume_from(path.clone());
             }
         }
@@ -344,7 +386,7 @@ impl<'m> Pipeline<'m> {
 /// Draws a calibration set from `pool` (see [`CalibrationSpec`]).
 pub fn build_calibration(model: &LoadedModel, pool: &Corpus, spec: &CalibrationSpec, seed: u64) -> Result<CalibrationSet> {
     let tokenizer = model.tokenizer()?;
-    let wopts = WindowOptions::new(spec.seqlen);
+    let wopts = WindowOptions::new(spec.seqlen).boundary(evop_data::Boundary::AcrossDocuments);
     let mut windows: Vec<Window> = make_windows(pool, tokenizer, &wopts)?;
     let candidates = match &spec.sampler {
         SamplerKind::Random => windows.len(),

@@ -116,6 +116,8 @@ pub enum Trace {
     Random(RandomTrace),
     /// Every mask's loss.
     Exhaustive(ExhaustiveTrace),
+    /// A method defined outside this crate (e.g. EvoP's search), with its own report.
+    External { name: String, detail: serde_json::Value },
 }
 
 /// Names [`pruner_by_name`] accepts (`random` also as `random:<seed>`).
