@@ -57,9 +57,9 @@ pub enum SamplerKind {
 }
 
 impl SamplerKind {
-    /// CCDS with MiniLM, automatic k, 512 candidate windows.
+    /// CCDS with MiniLM, automatic k, 256 candidate windows.
     pub fn ccds_minilm() -> Self {
-        Self::Ccds { embedder: EmbedderKind::MiniLm, k: None, pool: 512 }
+        Self::Ccds { embedder: EmbedderKind::MiniLm, k: None, pool: 256 }
     }
 }
 
@@ -74,7 +74,7 @@ pub struct CalibrationSpec {
 }
 
 impl Default for CalibrationSpec {
-    /// 8 windows of 128 tokens drawn with CCDS (MiniLM, automatic k, 512 candidates): sized so the
+    /// 8 windows of 128 tokens drawn with CCDS (MiniLM, automatic k, 256 candidates): sized so the
     /// default run finishes on a 2-core CPU. On a GPU, raise `windows` and `seqlen` (e.g. 128 x 2048).
     fn default() -> Self {
         Self { windows: 8, seqlen: 128, sampler: SamplerKind::ccds_minilm() }
@@ -110,14 +110,15 @@ pub struct SearchSpec {
 }
 
 impl Default for SearchSpec {
-    /// GA, population 16, 15 generations, stop after 6 stalled generations, no evaluation cap,
-    /// ends protected, no seed masks.
+    /// GA, population 12, 10 generations, stop after 4 stalled generations, no evaluation cap,
+    /// ends protected, no seed masks: sized for a 2-core CPU; on a GPU use e.g. population 32
+    /// and 50 generations.
     fn default() -> Self {
         Self {
             strategy: StrategyKind::Ga,
-            population: 16,
-            generations: 15,
-            stalled: Some(6),
+            population: 12,
+            generations: 10,
+            stalled: Some(4),
             budget: None,
             protect_ends: true,
             seed_masks: Vec::new(),

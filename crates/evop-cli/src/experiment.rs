@@ -31,7 +31,7 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub clusters: Option<usize>,
     /// CCDS candidate windows embedded and clustered.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 256)]
     pub pool: usize,
     /// Calibration windows.
     #[arg(long, default_value_t = 8)]
@@ -46,13 +46,13 @@ pub struct ExperimentArgs {
     #[arg(long, default_value = "ga")]
     pub strategy: String,
     /// GA population (or lambda for one-plus-lambda).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 12)]
     pub population: usize,
     /// Maximum generations.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 10)]
     pub generations: u64,
     /// Stop after this many generations without improvement (0: never).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 4)]
     pub stalled: u64,
     /// Stop after this many fitness evaluations.
     #[arg(long)]
@@ -61,7 +61,7 @@ pub struct ExperimentArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Evaluation windows of the evaluation split (the first ones; 0 = all).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 24)]
     pub eval_windows: usize,
     /// Tokens per evaluation window.
     #[arg(long, default_value_t = 256)]

@@ -4,7 +4,7 @@
 //!
 //! With no arguments: SmolLM2-135M (fetched if missing), 6 of 30 blocks, CCDS calibration of 8
 //! windows x 128 tokens from the Wikipedia leads' calibration split, EvoP's GA, then SLEB on the
-//! same calibration set, perplexity on 32 windows x 256 tokens of the evaluation split.
+//! same calibration set, perplexity on 24 windows x 256 tokens of the evaluation split.
 use crate::experiment::{evaluate, run_method, ExperimentArgs, MethodRun};
 use anyhow::{bail, Context, Result};
 use evop::model::BlockMask;
