@@ -189,6 +189,10 @@ fn main() -> Result<()> {
                     block_forwards,
                 };
                 eprintln!("seed {seed} n {n} {method}: {:?} calib {:.4} ppl {:.3} ({seconds:.1}s)", row.removed, row.calib_nll, row.eval_ppl);
+                // Rows also go to a JSONL file as they come, so an interrupted study keeps them.
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(args.out.with_extension("rows.jsonl"))?;
+                writeln!(f, "{}", serde_json::to_string(&row)?)?;
                 rows.push(row);
             }
         }

@@ -110,7 +110,7 @@ pub struct SearchSpec {
 }
 
 impl Default for SearchSpec {
-    /// GA, population 12, 10 generations, stop after 4 stalled generations, no evaluation cap,
+    /// GA, population 12, 10 generations, stop after 5 stalled generations, no evaluation cap,
     /// ends protected, no seed masks: sized for a 2-core CPU; on a GPU use e.g. population 32
     /// and 50 generations.
     fn default() -> Self {
@@ -118,7 +118,7 @@ impl Default for SearchSpec {
             strategy: StrategyKind::Ga,
             population: 12,
             generations: 10,
-            stalled: Some(4),
+            stalled: Some(5),
             budget: None,
             protect_ends: true,
             seed_masks: Vec::new(),

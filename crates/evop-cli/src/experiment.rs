@@ -17,7 +17,7 @@ use std::time::Instant;
 pub struct ExperimentArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Text to calibrate and evaluate on: a .txt file, a directory of .txt files, a .jsonl file
+    /// Text to calibrate and evaluate on: a .txt file (one document per paragraph), a directory of .txt files, a .jsonl file
     /// (field `text`), or the Wikipedia leads JSON; default: the Wikipedia leads (fetched if missing).
     #[arg(long)]
     pub corpus: Option<PathBuf>,
@@ -52,7 +52,7 @@ pub struct ExperimentArgs {
     #[arg(long, default_value_t = 10)]
     pub generations: u64,
     /// Stop after this many generations without improvement (0: never).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 5)]
     pub stalled: u64,
     /// Stop after this many fitness evaluations.
     #[arg(long)]
@@ -60,6 +60,9 @@ pub struct ExperimentArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Cheap baselines whose answers join EvoP's initial population (comma-separated; `none`).
+    #[arg(long, value_delimiter = ',', default_value = "shortgpt")]
+    pub seed_with: Vec<String>,
     /// Evaluation windows of the evaluation split (the first ones; 0 = all).
     #[arg(long, default_value_t = 24)]
     pub eval_windows: usize,
@@ -110,7 +113,14 @@ impl ExperimentArgs {
         } else if name.ends_with(".json") {
             read_wikipedia_leads(&path)?
         } else {
-            Corpus::from_text_file(&path)?
+            // A plain text file: one document per paragraph (blank-line separated), so the
+            // evaluation split (every tenth document) and the calibration pool both get text.
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let paragraphs: Vec<&str> = text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).collect();
+            if paragraphs.is_empty() {
+                bail!("{}: the corpus is empty", path.display());
+            }
+            Corpus::from_texts(name, &paragraphs)
         })
     }
 
@@ -180,10 +190,19 @@ pub fn run_method(
     let windows = calib.token_windows();
     let start = Instant::now();
     let (removed, counts, detail) = if method == "evop" {
+        let mut spec = args.search_spec()?;
+        for seeder in args.seed_with.iter().filter(|m| m.as_str() != "none") {
+            let r = evop::baselines::pruner_by_name(seeder)?.prune(&lm, &windows, n)?;
+            let removed = r.removed();
+            // Answers touching the protected first or last block cannot seed the search.
+            if !removed.contains(&0) && !removed.contains(&(lm.num_blocks() - 1)) {
+                spec.seed_masks.push(removed);
+            }
+        }
         let mut p = Pipeline::new(&setup.model, setup.split.calibration.clone())
             .remove(n)
             .objective(args.objective)
-            .search(args.search_spec()?)
+            .search(spec)
             .seed(args.seed)
             .evaluator(evop::model::EvaluatorOptions { batch_size: args.batch_size, ..Default::default() })
             .observer(SearchProgress::new(args.generations, &format!("evop n={n}")));
