@@ -72,7 +72,7 @@ fn prune_refuses_bad_n_unknown_methods_and_existing_output() {
     std::fs::write(&corpus, &text).unwrap();
     let m = fixture("llama");
     let base = |extra: &[&str]| {
-        let mut v = vec!["prune", "--model", m.to_str().unwrap(), "--corpus", corpus.to_str().unwrap(), "--calib", "random",
+        let mut v = vec!["prune", "--model", m.to_str().unwrap(), "--corpus", corpus.to_str().unwrap(),
             "--seqlen", "8", "--calib-windows", "2", "--eval-seqlen", "8", "--eval-windows", "2", "--no-save"];
         v.extend_from_slice(extra);
         v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
@@ -84,22 +84,22 @@ fn prune_refuses_bad_n_unknown_methods_and_existing_output() {
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
         evop(&refs)
     };
-    let (ok, text) = run(&["--remove", "0"], &out.path().join("a"));
+    let (ok, text) = run(&["--remove", "0", "--calib", "random"], &out.path().join("a"));
     assert!(!ok && text.contains("--remove 0"), "{text}");
-    let (ok, text) = run(&["--remove", "4"], &out.path().join("b"));
+    let (ok, text) = run(&["--remove", "4", "--calib", "random"], &out.path().join("b"));
     assert!(!ok && text.contains("--remove 4"), "{text}");
-    let (ok, text) = run(&["--remove", "1", "--method", "magic", "--compare", "none"], &out.path().join("c"));
+    let (ok, text) = run(&["--remove", "1", "--calib", "random", "--method", "magic", "--compare", "none"], &out.path().join("c"));
     assert!(!ok && text.contains("magic"), "{text}");
-    let (ok, text) = run(&["--remove", "1", "--calib", "ccds", "--clusters", "50", "--compare", "none"], &out.path().join("d"));
+    let (ok, text) = run(&["--remove", "1", "--calib", "ccds", "--clusters", "500", "--compare", "none"], &out.path().join("d"));
     assert!(!ok && text.to_lowercase().contains("cluster"), "{text}");
     // A real run on the tiny model works.
-    let (ok, text) = run(&["--remove", "1", "--compare", "sleb", "--population", "4", "--generations", "2"], &out.path().join("e"));
+    let (ok, text) = run(&["--remove", "1", "--calib", "random", "--compare", "sleb", "--population", "4", "--generations", "2"], &out.path().join("e"));
     assert!(ok, "{text}");
     // An existing pruned model in --out is never overwritten.
     let existing = out.path().join("f");
     std::fs::create_dir_all(existing.join("model")).unwrap();
     std::fs::write(existing.join("model").join("keep.txt"), b"user data").unwrap();
-    let mut a = base(&["--remove", "1"]);
+    let mut a = base(&["--remove", "1", "--calib", "random"]);
     a.retain(|s| s != "--no-save");
     a.extend(["--out".to_string(), existing.to_str().unwrap().to_string()]);
     let refs: Vec<&str> = a.iter().map(String::as_str).collect();
