@@ -42,6 +42,10 @@ pub struct ExperimentArgs {
     /// EvoP's objective: mean, balanced, worst-cluster, cvar:Q.
     #[arg(long, default_value = "mean")]
     pub objective: Objective,
+    /// EvoP's per-window loss: `nll` (next-token NLL) or `kl` (KL divergence to the dense model's
+    /// next-token distributions, as EvoPress; keeps windows x seqlen x vocab floats in memory).
+    #[arg(long, default_value = "nll")]
+    pub loss: String,
     /// EvoP's strategy: ga (EPPS) or one-plus-lambda (EvoPress).
     #[arg(long, default_value = "ga")]
     pub strategy: String,
@@ -142,6 +146,14 @@ impl ExperimentArgs {
         Ok(CalibrationSpec { windows: self.calib_windows, seqlen: self.seqlen, sampler })
     }
 
+    pub fn loss_kind(&self) -> Result<evop::model::LossKind> {
+        match self.loss.as_str() {
+            "nll" => Ok(evop::model::LossKind::Nll),
+            "kl" => Ok(evop::model::LossKind::KlToDense),
+            other => bail!("unknown --loss `{other}` (expected nll or kl)"),
+        }
+    }
+
     pub fn search_spec(&self) -> Result<SearchSpec> {
         let strategy = match self.strategy.as_str() {
             "ga" => StrategyKind::Ga,
@@ -204,7 +216,7 @@ pub fn run_method(
             .objective(args.objective)
             .search(spec)
             .seed(args.seed)
-            .evaluator(evop::model::EvaluatorOptions { batch_size: args.batch_size, ..Default::default() })
+            .evaluator(evop::model::EvaluatorOptions { batch_size: args.batch_size, loss: args.loss_kind()?, ..Default::default() })
             .observer(SearchProgress::new(args.generations, &format!("evop n={n}")));
         if let Some((path, resume)) = checkpoint {
             p = p.checkpoint(path, resume);

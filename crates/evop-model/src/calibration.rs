@@ -31,6 +31,19 @@ pub struct ForwardCounts {
     pub candidates: u64,
 }
 
+/// What a window's loss is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Mean token negative log-likelihood of the window's next tokens (SLEB's criterion).
+    #[default]
+    Nll,
+    /// Mean over positions of KL(dense || masked) between next-token distributions (EvoPress's
+    /// criterion). Keeps the dense log-probabilities of every calibration position in memory:
+    /// `windows x seqlen x vocab` floats.
+    KlToDense,
+}
+
 /// Settings of a [`CalibrationEvaluator`].
 #[derive(Clone, Debug)]
 pub struct EvaluatorOptions {
@@ -40,18 +53,20 @@ pub struct EvaluatorOptions {
     pub dense_cache: bool,
     /// Evaluate a set of candidates as a prefix tree. Default true.
     pub prefix_sharing: bool,
+    /// The per-window loss. Default [`LossKind::Nll`].
+    pub loss: LossKind,
 }
 
 impl Default for EvaluatorOptions {
     fn default() -> Self {
-        Self { batch_size: 8, dense_cache: true, prefix_sharing: true }
+        Self { batch_size: 8, dense_cache: true, prefix_sharing: true, loss: LossKind::Nll }
     }
 }
 
 impl EvaluatorOptions {
     /// The reference behaviour: a full masked forward per candidate, nothing reused.
     pub fn naive(batch_size: usize) -> Self {
-        Self { batch_size, dense_cache: false, prefix_sharing: false }
+        Self { batch_size, dense_cache: false, prefix_sharing: false, loss: LossKind::Nll }
     }
 }
 
@@ -61,6 +76,8 @@ struct Batch {
     windows: usize,
     /// Dense boundary states `0..=L` when the dense cache is on (index 0 = embeddings).
     dense: Option<Vec<Tensor>>,
+    /// Dense next-token log-probabilities `(b, s - 1, vocab)` for [`LossKind::KlToDense`].
+    dense_logp: Option<Tensor>,
 }
 
 /// Computes per-window mean token NLL of masked models on a fixed calibration set.
@@ -84,7 +101,7 @@ impl CalibrationEvaluator {
         for chunk in windows.chunks(options.batch_size.max(1)) {
             let ids = batch_tensor(lm.as_ref(), chunk)?;
             let ctx = AttnContext::new(lm.info(), ids.dim(1)?, 0)?;
-            batches.push(Batch { ids, ctx, windows: chunk.len(), dense: None });
+            batches.push(Batch { ids, ctx, windows: chunk.len(), dense: None, dense_logp: None });
         }
         let me = Self {
             lm,
@@ -94,7 +111,30 @@ impl CalibrationEvaluator {
             head_forwards: AtomicU64::new(0),
             candidates: AtomicU64::new(0),
         };
-        me.fill_dense_cache()
+        me.fill_dense_cache()?.fill_dense_logp()
+    }
+
+    fn fill_dense_logp(mut self) -> Result<Self> {
+        if self.options.loss != LossKind::KlToDense {
+            return Ok(self);
+        }
+        let l = self.lm.num_blocks();
+        for b in 0..self.batches.len() {
+            let h = match &self.batches[b].dense {
+                Some(states) => states[l].clone(),
+                None => {
+                    let batch = &self.batches[b];
+                    let mut h = self.lm.embed(&batch.ids, 0)?;
+                    for i in 0..l {
+                        h = self.lm.block(i, &h, &batch.ctx, None)?;
+                    }
+                    self.block_forwards.fetch_add(l as u64, Ordering::Relaxed);
+                    h
+                }
+            };
+            self.batches[b].dense_logp = Some(next_token_logp(self.lm.as_ref(), &h)?);
+        }
+        Ok(self)
     }
 
     fn fill_dense_cache(mut self) -> Result<Self> {
@@ -209,7 +249,14 @@ impl CalibrationEvaluator {
                 }
             }
             if i == l {
-                let nll = token_nll_from_hidden(self.lm.as_ref(), &h, &batch.ids)?.mean(1)?.to_dtype(DType::F64)?;
+                let per_token = match &batch.dense_logp {
+                    Some(dense) => {
+                        let logp = next_token_logp(self.lm.as_ref(), &h)?;
+                        (dense.exp()? * (dense - logp)?)?.sum(2)?
+                    }
+                    None => token_nll_from_hidden(self.lm.as_ref(), &h, &batch.ids)?,
+                };
+                let nll = per_token.mean(1)?.to_dtype(DType::F64)?;
                 self.head_forwards.fetch_add(1, Ordering::Relaxed);
                 let v = nll.to_vec1::<f64>()?;
                 for &k in &group {
@@ -237,6 +284,13 @@ impl CalibrationEvaluator {
         self.block_forwards.fetch_add(1, Ordering::Relaxed);
         self.lm.block(i, h, &batch.ctx, None)
     }
+}
+
+/// Next-token log-probabilities `(b, s - 1, vocab)` (f32) from the final residual stream.
+fn next_token_logp(lm: &dyn BlockLm, h: &Tensor) -> Result<Tensor> {
+    let s = h.dim(1)?;
+    let logits = lm.head(&h.narrow(1, 0, s - 1)?)?.to_dtype(DType::F32)?;
+    Ok(candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?)
 }
 
 #[cfg(test)]
@@ -278,6 +332,28 @@ mod tests {
         let kept: u64 = masks.iter().map(|m| (4 - m.num_removed()) as u64).sum();
         assert_eq!(n.block_forwards, 3 * kept);
         assert_eq!(n.head_forwards, 3 * masks.len() as u64);
+    }
+
+    #[test]
+    fn kl_to_dense_is_zero_for_the_dense_model_and_matches_a_direct_computation() {
+        let lm = tiny();
+        let opts = EvaluatorOptions { batch_size: 2, loss: LossKind::KlToDense, ..Default::default() };
+        let ev = CalibrationEvaluator::new(lm.clone(), &windows(), opts).unwrap();
+        let mask = BlockMask::from_removed(4, &[2]).unwrap();
+        let out = ev.window_losses_many(&[BlockMask::dense(4), mask.clone()]).unwrap();
+        assert!(out[0].iter().all(|&k| k.abs() < 1e-6), "{:?}", out[0]);
+        // Direct: full logits of both models, KL per position, mean per window.
+        let ids = crate::perplexity::batch_tensor(lm.as_ref(), &windows()).unwrap();
+        let lp = |m: &BlockMask| {
+            let logits = crate::model::forward_masked(lm.as_ref(), &ids, m).unwrap().narrow(1, 0, 11).unwrap();
+            candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap()
+        };
+        let (p, q) = (lp(&BlockMask::dense(4)), lp(&mask));
+        let kl: Vec<f32> = (p.exp().unwrap() * (p - q).unwrap()).unwrap().sum(2).unwrap().mean(1).unwrap().to_vec1().unwrap();
+        for w in 0..5 {
+            assert!(out[1][w] > 1e-4, "removing a block must move the distribution");
+            assert!((out[1][w] - kl[w] as f64).abs() < 1e-5, "{} vs {}", out[1][w], kl[w]);
+        }
     }
 
     #[test]

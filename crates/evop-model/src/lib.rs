@@ -36,7 +36,7 @@ pub mod perplexity;
 pub mod save;
 pub mod tokenizer;
 
-pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts};
+pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts, LossKind};
 pub use device::{parse_device, parse_dtype};
 pub use error::{ModelError, Result};
 pub use load::{load, LoadOptions, LoadedModel};
