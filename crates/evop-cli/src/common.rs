@@ -15,6 +15,10 @@ pub struct ModelArgs {
     /// Weights dtype: f32, bf16, f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Run Llama weights through the Mistral code path with this sliding attention window
+    /// (results are those of Llama weights; for exercising the Mistral path).
+    #[arg(long, value_name = "WINDOW")]
+    pub as_mistral: Option<usize>,
 }
 
 impl ModelArgs {
@@ -24,7 +28,14 @@ impl ModelArgs {
             None => evop::assets::AssetStore::from_env().smollm2_gguf().context("fetching the default model")?,
         };
         let opts = LoadOptions { dtype: evop::model::parse_dtype(&self.dtype)?, device: evop::model::parse_device(&self.device)? };
-        load(&path, &opts).with_context(|| format!("loading {}", path.display()))
+        let mut model = load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
+        if let Some(window) = self.as_mistral {
+            if model.architecture() != evop::model::Architecture::Llama {
+                anyhow::bail!("--as-mistral needs Llama weights, {} is {}", path.display(), model.architecture());
+            }
+            model.lm = evop::model::load::as_mistral(&model, window)?;
+        }
+        Ok(model)
     }
 }
 
