@@ -11,6 +11,7 @@
 //! ```text
 //! cargo run --release --example study -- --ns 3,6,9 --seeds 0,1,2 --out docs/results-study
 //! # on a GPU build: --device cuda --calib-windows 32 --eval-windows 0 --topic-windows 16
+//! # zero-shot columns: --tasks science,winogrande,step_inference --task-limit 200
 //! ```
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -74,6 +75,12 @@ struct Args {
     topic_windows: usize,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Zero-shot tasks scored for every row (science, winogrande, step_inference; empty = none).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Items per zero-shot task (seeded subset).
+    #[arg(long, default_value_t = 200)]
+    task_limit: usize,
     /// Output stem: writes STEM.md and STEM.json.
     #[arg(long, default_value = "study")]
     out: PathBuf,
@@ -92,6 +99,8 @@ struct Row {
     worst_topic_ppl: Option<f64>,
     seconds: f64,
     block_forwards: u64,
+    /// Zero-shot accuracy per task.
+    zero_shot: BTreeMap<String, f64>,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -116,6 +125,14 @@ fn main() -> Result<()> {
         "minilm" => EmbedderKind::MiniLm,
         e => EmbedderKind::Hidden { block: e.strip_prefix("hidden:").and_then(|b| b.parse().ok()).context("--embedder")? },
     };
+    let mut tasks = Vec::new();
+    for name in &args.tasks {
+        let full = evop::eval::resolve_task(name);
+        let task = evop::eval::load_bigbench(&store.bigbench_task(full)?, full, evop::eval::BigBenchFormat::Auto)?;
+        let opts = evop::eval::EvalOptions { limit: Some(args.task_limit), batch_size: args.batch_size, ..Default::default() };
+        tasks.push((name.clone(), task, opts));
+    }
+    let mut token_cache = evop::eval::TokenCache::new();
     let t0 = Instant::now();
     let dense = evaluate(lm.as_ref(), &eval, &BlockMask::dense(l), args.batch_size)?;
     eprintln!("dense: ppl {:.3} on {} tokens ({:.1}s)", dense.overall.perplexity, eval.tokens(), t0.elapsed().as_secs_f64());
@@ -176,6 +193,11 @@ fn main() -> Result<()> {
                 let mask = BlockMask::from_removed(l, &removed)?;
                 let calib_nll = sleb_eval.window_losses(&mask)?.iter().sum::<f64>() / random_windows.len() as f64;
                 let e = evaluate(lm.as_ref(), &eval, &mask, args.batch_size)?;
+                let mut zero_shot = BTreeMap::new();
+                for (name, task, opts) in &tasks {
+                    let r = evop::eval::evaluate_task_cached(lm.as_ref(), model.tokenizer()?, &mut token_cache, task, &mask, opts)?;
+                    zero_shot.insert(name.clone(), r.acc);
+                }
                 let row = Row {
                     n,
                     method: method.clone(),
@@ -187,6 +209,7 @@ fn main() -> Result<()> {
                     worst_topic_ppl: e.worst_topic.map(|w| w.1),
                     seconds,
                     block_forwards,
+                    zero_shot,
                 };
                 eprintln!("seed {seed} n {n} {method}: {:?} calib {:.4} ppl {:.3} ({seconds:.1}s)", row.removed, row.calib_nll, row.eval_ppl);
                 // Rows also go to a JSONL file as they come, so an interrupted study keeps them.
@@ -204,7 +227,9 @@ fn main() -> Result<()> {
         "Dense perplexity {:.3} ({} evaluation tokens, windows of {}); calibration {} x {} tokens; seeds {:?}; device {}.\n\n",
         dense.overall.perplexity, eval.tokens(), args.eval_seqlen, args.calib_windows, args.seqlen, args.seeds, args.device
     ));
-    md.push_str("| n | method | eval PPL (mean ± sd) | mean-topic PPL | worst-topic PPL | calib NLL (random set) | search s | removed (seed 0) |\n|---:|---|---:|---:|---:|---:|---:|---|\n");
+    let task_cols: String = args.tasks.iter().map(|t| format!(" {t} acc |")).collect();
+    let task_align: String = args.tasks.iter().map(|_| "---:|").collect();
+    md.push_str(&format!("| n | method | eval PPL (mean ± sd) | mean-topic PPL | worst-topic PPL | calib NLL (random set) | search s |{task_cols} removed (seed 0) |\n|---:|---|---:|---:|---:|---:|---:|{task_align}---|\n"));
     let mut groups: BTreeMap<(usize, usize), Vec<&Row>> = BTreeMap::new();
     for r in &rows {
         let order = args.methods.iter().position(|m| m == &r.method).unwrap_or(usize::MAX);
@@ -217,8 +242,13 @@ fn main() -> Result<()> {
         let (c, _) = mean_std(&rs.iter().map(|r| r.calib_nll).collect::<Vec<_>>());
         let (s, _) = mean_std(&rs.iter().map(|r| r.seconds).collect::<Vec<_>>());
         let fmt = |v: &[f64]| if v.is_empty() { "-".to_string() } else { format!("{:.3}", mean_std(v).0) };
+        let accs: String = args
+            .tasks
+            .iter()
+            .map(|t| format!(" {:.3} |", mean_std(&rs.iter().filter_map(|r| r.zero_shot.get(t).copied()).collect::<Vec<_>>()).0))
+            .collect();
         md.push_str(&format!(
-            "| {n} | {} | {p:.3} ± {ps:.3} | {} | {} | {c:.4} | {s:.1} | {:?} |\n",
+            "| {n} | {} | {p:.3} ± {ps:.3} | {} | {} | {c:.4} | {s:.1} |{accs} {:?} |\n",
             rs[0].method, fmt(&mt), fmt(&wt), rs[0].removed
         ));
     }
