@@ -75,6 +75,15 @@ fn main() -> Result<()> {
     let t_big = time(args.reps, || sync(&big.matmul(&big)?))?;
     println!("matmul {m}x{k}x{n}: {:.1} GFLOP/s; 2048^3: {:.1} GFLOP/s", 2.0 * (m * k * n) as f64 / t_mm / 1e9, 2.0 * 2048f64.powi(3) / t_big / 1e9);
 
+    // The LM head's matmul shape (1,024 tokens x hidden x vocab) with the weight as a transposed
+    // view (what `x.matmul(w.t())` gives) and as a contiguous transposed copy.
+    let w = Tensor::randn(0f32, 1.0, (info.vocab_size, info.hidden_size), &device)?.to_dtype(dtype)?;
+    let x = Tensor::randn(0f32, 1.0, (1024, info.hidden_size), &device)?.to_dtype(dtype)?;
+    let wt = w.t()?.contiguous()?;
+    let t_view = time(args.reps, || sync(&x.matmul(&w.t()?)?))?;
+    let t_contig = time(args.reps, || sync(&x.matmul(&wt)?))?;
+    println!("head-shaped matmul 1024x{}x{}: transposed view {:.2} ms, contiguous copy {:.2} ms", info.hidden_size, info.vocab_size, t_view * 1e3, t_contig * 1e3);
+
     println!("\n| window | batch | forward tok/s | one block ms | head ms |");
     println!("|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();

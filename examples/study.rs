@@ -17,8 +17,13 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use evop::baselines::{pruner_by_name, Exhaustive};
 use evop::data::{read_wikipedia_leads, SplitRule};
-use evop::model::{load, BlockMask, CalibrationEvaluator, EvaluatorOptions, LoadOptions};
-use evop::{build_calibration, evaluate, CalibrationSpec, EmbedderKind, EvalSet, Objective, Pipeline, SamplerKind, SearchSpec};
+use evop::model::{load, BlockLm, BlockMask, CalibrationEvaluator, EvaluatorOptions, LoadOptions, LossKind};
+use evop::search::{Fidelity, Fitness, Mask, MaskSpace};
+use evop::{
+    build_calibration, evaluate, CalibrationFitness, CalibrationSpec, EmbedderKind, EvalSet, Objective, Pipeline, SamplerKind,
+    SearchSpec, StrategyKind,
+};
+use std::sync::Arc;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +34,9 @@ struct Args {
     /// Device: cpu, cuda[:N], metal.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// dtype: f32 (default), bf16, f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Blocks to remove.
     #[arg(long, value_delimiter = ',', default_value = "3,6,9")]
     ns: Vec<usize>,
@@ -103,6 +111,35 @@ struct Row {
     zero_shot: BTreeMap<String, f64>,
 }
 
+/// SLEB's greedy search run on any objective: each step removes the block whose removal gives the
+/// lowest objective, never the first or last block. Returns the removed blocks and block forwards.
+fn greedy(
+    lm: &Arc<dyn BlockLm>,
+    calib: &evop::data::CalibrationSet,
+    objective: Objective,
+    opts: EvaluatorOptions,
+    n: usize,
+) -> Result<(Vec<usize>, u64)> {
+    let l = lm.num_blocks();
+    let windows = calib.token_windows();
+    let fitness = CalibrationFitness::new(lm.clone(), &windows, calib.clusters.as_deref(), objective, opts)?;
+    let full = Fidelity(windows.len() as u64);
+    let mut removed: Vec<usize> = Vec::new();
+    for step in 1..=n {
+        let space = MaskSpace::new(l, step, [0, l - 1])?;
+        let options: Vec<usize> = (1..l - 1).filter(|b| !removed.contains(b)).collect();
+        let masks: Vec<Mask> = options
+            .iter()
+            .map(|&b| Mask::from_removed(&space, &[removed.as_slice(), &[b]].concat()))
+            .collect::<std::result::Result<_, _>>()?;
+        let scores = fitness.evaluate(&masks, full)?;
+        let best = (0..options.len()).min_by(|&a, &b| scores[a].total_cmp(&scores[b])).context("no block left to remove")?;
+        removed.push(options[best]);
+    }
+    removed.sort_unstable();
+    Ok((removed, fitness.counts().block_forwards))
+}
+
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / v.len() as f64;
     let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64;
@@ -113,7 +150,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = evop::model::parse_device(&args.device)?;
     let store = evop::assets::AssetStore::from_env();
-    let model = load(&store.smollm2_gguf()?, &LoadOptions { device, ..Default::default() })?;
+    let dtype = evop::model::parse_dtype(&args.dtype)?;
+    let model = load(&store.smollm2_gguf()?, &LoadOptions { device, dtype })?;
     let lm = model.lm.clone();
     let l = lm.num_blocks();
     let corpus = read_wikipedia_leads(&store.wikipedia_leads()?)?;
@@ -158,25 +196,38 @@ fn main() -> Result<()> {
                     continue;
                 }
                 let start = Instant::now();
-                let (removed, block_forwards) = if let Some(rest) = method.strip_prefix("evop-") {
+                let searched = ["evop-", "evop1l-", "greedy-"].iter().find_map(|p| method.strip_prefix(p).map(|rest| (*p, rest)));
+                let (removed, block_forwards) = if let Some((kind, rest)) = searched {
                     let (source, objective) = match rest.split_once(':') {
-                        Some((s, o)) => (s, o.parse::<Objective>().map_err(anyhow::Error::msg)?),
-                        None => (rest, args.objective),
+                        Some((s, o)) => (s, o),
+                        None => (rest, ""),
+                    };
+                    // `kl`: mean KL divergence to the dense model's next-token distributions.
+                    let (objective, loss) = match objective {
+                        "" => (args.objective, LossKind::Nll),
+                        "kl" => (Objective::MeanNll, LossKind::KlToDense),
+                        o => (o.parse::<Objective>().map_err(anyhow::Error::msg)?, LossKind::Nll),
                     };
                     let calib = match source {
                         "random" => &calib_random,
                         "ccds" => calib_ccds.as_ref().expect("built"),
-                        other => bail!("unknown EvoP calibration `{other}`"),
+                        other => bail!("unknown calibration `{other}` in method `{method}`"),
                     };
-                    let spec = SearchSpec { population: args.population, generations: args.generations, stalled: Some(args.stalled), ..SearchSpec::default() };
-                    let r = Pipeline::new(&model, split.calibration.clone())
-                        .remove(n)
-                        .objective(objective)
-                        .search(spec)
-                        .seed(seed)
-                        .evaluator(evopts.clone())
-                        .run_on(calib)?;
-                    (r.removed, r.counts.block_forwards)
+                    let opts = EvaluatorOptions { loss, ..evopts.clone() };
+                    if kind == "greedy-" {
+                        greedy(&lm, calib, objective, opts, n)?
+                    } else {
+                        let strategy = if kind == "evop1l-" { StrategyKind::OnePlusLambda } else { StrategyKind::Ga };
+                        let spec = SearchSpec { strategy, population: args.population, generations: args.generations, stalled: Some(args.stalled), ..SearchSpec::default() };
+                        let r = Pipeline::new(&model, split.calibration.clone())
+                            .remove(n)
+                            .objective(objective)
+                            .search(spec)
+                            .seed(seed)
+                            .evaluator(opts)
+                            .run_on(calib)?;
+                        (r.removed, r.counts.block_forwards)
+                    }
                 } else if method == "sleb-ccds" {
                     let w = calib_ccds.as_ref().expect("built").token_windows();
                     let r = pruner_by_name("sleb")?.prune(&lm, &w, n)?;

@@ -45,6 +45,11 @@ impl CalibrationFitness {
         Ok(Self { lm, windows: ordered, groups, objective, options, evaluators: Mutex::new(BTreeMap::new()) })
     }
 
+    /// The model being pruned.
+    pub fn model(&self) -> &Arc<dyn BlockLm> {
+        &self.lm
+    }
+
     /// The objective.
     pub fn objective(&self) -> Objective {
         self.objective

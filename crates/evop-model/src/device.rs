@@ -57,3 +57,22 @@ mod tests {
         assert!(parse_dtype("f8").is_err());
     }
 }
+
+/// The device named by the environment variable `EVOP_TEST_DEVICE` (default `cpu`): the test
+/// suites that compare against reference logits run on it, so the same tests check a GPU build.
+pub fn test_device() -> Result<Device> {
+    match std::env::var("EVOP_TEST_DEVICE") {
+        Ok(spec) if !spec.is_empty() => parse_device(&spec),
+        _ => Ok(Device::Cpu),
+    }
+}
+
+/// The f32 logit tolerance against a reference: 1e-4 on the CPU, 1e-3 on accelerators (other
+/// kernels reassociate sums differently).
+pub fn logit_tolerance(device: &Device) -> f32 {
+    if device.is_cpu() {
+        1e-4
+    } else {
+        1e-3
+    }
+}

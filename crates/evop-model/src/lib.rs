@@ -34,12 +34,13 @@ pub mod numerics;
 pub mod opt;
 pub mod perplexity;
 pub mod save;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts, LossKind};
 pub use device::{parse_device, parse_dtype};
 pub use error::{ModelError, Result};
-pub use load::{load, LoadOptions, LoadedModel};
+pub use load::{load, load_placed, LoadOptions, LoadedModel};
 pub use mask::BlockMask;
 pub use model::{
     forward, forward_cached, forward_masked, hidden_states, run_blocks, Architecture, AttnContext, BlockLm, KvCache,

@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::model::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
 use crate::numerics::{attention, split_heads, RotaryTable};
-use candle_core::{Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use crate::numerics::Linear;
 use candle_nn::{rms_norm, Embedding, RmsNorm, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -85,12 +85,39 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: RmsNorm,
     head: Linear,
-    rotary: RotaryTable,
+    /// Device of every stage; stage 0 holds the embedding, final norm and head.
+    devices: Vec<Device>,
+    /// Stage of every block.
+    block_stage: Vec<usize>,
+    /// One rotary table per stage.
+    rotary: Vec<RotaryTable>,
 }
 
 impl Llama {
     /// Builds the model from weights named as in Hugging Face checkpoints (`model.layers.0.…`).
     pub fn new(cfg: &LlamaConfig, architecture: Architecture, vb: VarBuilder) -> Result<Self> {
+        Self::new_placed(cfg, architecture, &[vb], &vec![0; cfg.num_hidden_layers])
+    }
+
+    /// Builds the model with its blocks spread over devices (pipeline placement, for models that
+    /// do not fit one device): `stages[s]` reads weights onto stage `s`'s device and block `i`
+    /// lives on stage `block_stage[i]`. The embedding, final norm and head live on stage 0, where
+    /// the token ids and the logits are; hidden states move between stages as the forward
+    /// crosses them.
+    pub fn new_placed(
+        cfg: &LlamaConfig,
+        architecture: Architecture,
+        stages: &[VarBuilder],
+        block_stage: &[usize],
+    ) -> Result<Self> {
+        if stages.is_empty() || block_stage.len() != cfg.num_hidden_layers || block_stage.iter().any(|&s| s >= stages.len()) {
+            return Err(crate::error::ModelError::Input(format!(
+                "placement of {} blocks on {} stages is invalid: {block_stage:?}",
+                cfg.num_hidden_layers,
+                stages.len()
+            )));
+        }
+        let vb = &stages[0];
         let head_dim = cfg.head_dim();
         let (h, heads, kv_heads) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_kv_heads());
         let m = vb.pp("model");
@@ -98,7 +125,7 @@ impl Llama {
         let embed = Embedding::new(embed_w.clone(), h);
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
-            let b = m.pp("layers").pp(i);
+            let b = stages[block_stage[i]].pp("model").pp("layers").pp(i);
             let a = b.pp("self_attn");
             let p = b.pp("mlp");
             blocks.push(Block {
@@ -126,8 +153,11 @@ impl Llama {
         } else {
             Linear::from(candle_nn::linear_no_bias(h, cfg.vocab_size, vb.pp("lm_head"))?)
         };
-        let rotary =
-            RotaryTable::new(head_dim, cfg.max_position_embeddings, cfg.rope_theta, vb.dtype(), vb.device())?;
+        let rotary = stages
+            .iter()
+            .map(|st| RotaryTable::new(head_dim, cfg.max_position_embeddings, cfg.rope_theta, st.dtype(), st.device()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let devices = stages.iter().map(|st| st.device().clone()).collect();
         let info = ModelInfo {
             architecture,
             num_blocks: cfg.num_hidden_layers,
@@ -138,7 +168,7 @@ impl Llama {
             dtype: vb.dtype(),
             device: vb.device().clone(),
         };
-        Ok(Self { info, embed, blocks, norm, head, rotary })
+        Ok(Self { info, embed, blocks, norm, head, devices, block_stage: block_stage.to_vec(), rotary })
     }
 }
 
@@ -180,13 +210,27 @@ impl BlockLm for Llama {
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let b = &self.blocks[index];
-        let x = (hidden + b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary, ctx, cache)?)?;
+        let stage = self.block_stage[index];
+        let device = &self.devices[stage];
+        let (moved, moved_ctx);
+        let (hidden, ctx) = if hidden.device().same_device(device) {
+            (hidden, ctx)
+        } else {
+            moved = hidden.to_device(device)?;
+            let mask = ctx.mask.as_ref().map(|m| m.to_device(device)).transpose()?;
+            moved_ctx = AttnContext { mask, ..ctx.clone() };
+            (&moved, &moved_ctx)
+        };
+        let x = (hidden + b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary[stage], ctx, cache)?)?;
         let n = b.post_attn_norm.forward(&x)?;
         let mlp = b.mlp.down.forward(&(candle_nn::ops::silu(&b.mlp.gate.forward(&n)?)? * b.mlp.up.forward(&n)?)?)?;
         Ok((x + mlp)?)
     }
 
     fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
+        if !hidden.device().same_device(&self.devices[0]) {
+            return Ok(self.norm.forward(&hidden.to_device(&self.devices[0])?)?);
+        }
         Ok(self.norm.forward(hidden)?)
     }
 

@@ -56,14 +56,42 @@ impl LoadedModel {
 }
 
 /// Loads a Hugging Face model directory or a GGUF file.
+/// The path `synthetic:NAME` builds a random-weight model of a published shape (seed 0; see
+/// [`crate::synthetic`]).
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
-    if path.is_dir() {
+    if let Some(name) = crate::synthetic::synthetic_name(path) {
+        crate::synthetic::load_synthetic(name, 0, opts)
+    } else if path.is_dir() {
         load_hf_dir(path, opts)
     } else if path.is_file() {
         load_gguf(path, opts)
     } else {
         Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")))
     }
+}
+
+/// Loads a Llama or Mistral model with its blocks split evenly, in order, over `devices`
+/// (pipeline placement for a model that does not fit one device); the embedding, final norm and
+/// head live on the first device. One device is the same as [`load`].
+pub fn load_placed(path: &Path, dtype: DType, devices: &[Device]) -> Result<LoadedModel> {
+    match devices {
+        [] => return Err(ModelError::Input("no device to place the model on".into())),
+        [one] => return load(path, &LoadOptions { dtype, device: one.clone() }),
+        _ => {}
+    }
+    let host = load(path, &LoadOptions { dtype, device: Device::Cpu })?;
+    let arch = host.architecture();
+    if !matches!(arch, Architecture::Llama | Architecture::Mistral) {
+        return Err(ModelError::Input(format!("pipeline placement supports llama and mistral, not {arch}")));
+    }
+    let cfg: LlamaConfig = serde_json::from_value(host.hf_config.clone())
+        .map_err(|e| ModelError::Config { path: host.source.clone(), message: e.to_string() })?;
+    let l = cfg.num_hidden_layers;
+    let stages: Vec<VarBuilder> =
+        devices.iter().map(|d| VarBuilder::from_tensors(host.weights.clone(), dtype, d)).collect();
+    let block_stage: Vec<usize> = (0..l).map(|i| i * devices.len() / l).collect();
+    let lm: Arc<dyn BlockLm> = Arc::new(Llama::new_placed(&cfg, arch, &stages, &block_stage)?);
+    Ok(LoadedModel { lm, ..host })
 }
 
 /// Loads a llama GGUF file; Q/K are un-permuted and the embedded tokenizer is rebuilt.

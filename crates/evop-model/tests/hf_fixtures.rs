@@ -7,13 +7,20 @@ fn fixture_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// Every model is loaded on `EVOP_TEST_DEVICE` (default cpu).
+fn opts() -> LoadOptions {
+    LoadOptions { device: evop_model::device::test_device().expect("EVOP_TEST_DEVICE"), ..LoadOptions::default() }
+}
+
 fn check_fixture(name: &str) {
     let dir = fixture_dir(name);
-    let model = load(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let opts = opts();
+    let tol = evop_model::device::logit_tolerance(&opts.device);
+    let model = load(&dir, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
     let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &candle_core::Device::Cpu).unwrap();
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let ids = expected["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+    let ids = expected["input_ids"].to_dtype(candle_core::DType::U32).unwrap().to_device(&opts.device).unwrap();
     let l = model.lm.num_blocks();
     let mut cases = vec![("logits_dense".to_string(), BlockMask::dense(l))];
     for (key, removed) in meta["masks"].as_object().unwrap() {
@@ -21,10 +28,10 @@ fn check_fixture(name: &str) {
         cases.push((key.clone(), BlockMask::from_removed(l, &removed).unwrap()));
     }
     for (key, mask) in cases {
-        let got = forward_masked(model.lm.as_ref(), &ids, &mask).unwrap();
+        let got = forward_masked(model.lm.as_ref(), &ids, &mask).unwrap().to_device(&candle_core::Device::Cpu).unwrap();
         let want: &Tensor = &expected[&key];
         let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-4, "{name} {key}: max abs diff {diff}");
+        assert!(diff < tol, "{name} {key}: max abs diff {diff}");
     }
 }
 
@@ -63,21 +70,24 @@ fn cached_generation_equals_full_forward() {
     // Feeding tokens one at a time through the KV cache gives the full forward's logits, for every
     // architecture (Mistral's window is shorter than the sequence) and with blocks removed.
     for name in ["llama", "mistral", "opt_proj"] {
-        let model = load(&fixture_dir(name), &LoadOptions::default()).unwrap();
+        let opts = opts();
+        let tol = evop_model::device::logit_tolerance(&opts.device);
+        let model = load(&fixture_dir(name), &opts).unwrap();
         let lm = model.lm.as_ref();
+        let dev = &opts.device;
         let mask = BlockMask::from_removed(lm.num_blocks(), &[1]).unwrap();
         let ids: Vec<u32> = (4..24).collect();
-        let full = forward_masked(lm, &Tensor::new(ids.as_slice(), &candle_core::Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mask).unwrap();
+        let full = forward_masked(lm, &Tensor::new(ids.as_slice(), dev).unwrap().unsqueeze(0).unwrap(), &mask).unwrap();
         let mut cache = evop_model::KvCache::new(lm.num_blocks());
         // A prompt chunk of 5, then single tokens.
-        let prompt = Tensor::new(&ids[..5], &candle_core::Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let prompt = Tensor::new(&ids[..5], dev).unwrap().unsqueeze(0).unwrap();
         evop_model::forward_cached(lm, &prompt, &mask, &mut cache).unwrap();
         for (t, &tok) in ids.iter().enumerate().skip(5) {
-            let x = Tensor::new(&[tok], &candle_core::Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let x = Tensor::new(&[tok], dev).unwrap().unsqueeze(0).unwrap();
             let step = evop_model::forward_cached(lm, &x, &mask, &mut cache).unwrap();
             let want = full.get(0).unwrap().get(t).unwrap().unsqueeze(0).unwrap();
             let diff = (step - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff < 1e-4, "{name} position {t}: {diff}");
+            assert!(diff < tol, "{name} position {t}: {diff}");
         }
     }
 }

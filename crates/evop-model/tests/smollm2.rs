@@ -15,7 +15,9 @@ fn fixture() -> &'static Fixture {
         let store = evop_assets::AssetStore::from_env();
         let gguf = store.smollm2_gguf().expect("fetch SmolLM2");
         let wiki = store.wikipedia_leads().expect("fetch Wikipedia leads");
-        let model = load(&gguf, &LoadOptions::default()).expect("load SmolLM2");
+        // On `EVOP_TEST_DEVICE` (default cpu), so a GPU build runs the same checks.
+        let device = evop_model::device::test_device().expect("EVOP_TEST_DEVICE");
+        let model = load(&gguf, &LoadOptions { device, ..LoadOptions::default() }).expect("load SmolLM2");
         let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(wiki).unwrap()).unwrap();
         let extracts: Vec<String> = json
             .as_object()
@@ -107,7 +109,7 @@ fn saved_pruned_model_reloads_with_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pruned");
     evop_model::save_pruned(&f.model, &mask, &out).unwrap();
-    let reloaded = load(&out, &LoadOptions::default()).unwrap();
+    let reloaded = load(&out, &LoadOptions { device: lm.info().device.clone(), ..LoadOptions::default() }).unwrap();
     assert_eq!(reloaded.lm.num_blocks(), 27);
     let text = "Paris is the capital of France.";
     let a = encode(f.model.tokenizer().unwrap(), text).unwrap();

@@ -92,6 +92,11 @@ impl<W> WorkerPool<W> {
     pub fn workers(&self) -> &[W] {
         &self.workers
     }
+
+    /// Gives the workers back, in order.
+    pub fn into_workers(self) -> Vec<W> {
+        self.workers
+    }
 }
 
 impl<W: Fitness + Sync> Fitness for WorkerPool<W> {
