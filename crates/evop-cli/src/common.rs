@@ -43,3 +43,43 @@ impl ModelArgs {
 pub fn mask_from_list(num_blocks: usize, skip: &[usize]) -> Result<BlockMask> {
     Ok(BlockMask::from_removed(num_blocks, skip)?)
 }
+
+/// Writes `path` through a temporary sibling renamed into place, so `path` holds either its
+/// previous content or the whole new one; on failure the temporary file is removed and the error
+/// names `path`.
+pub fn atomic_write(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            e
+        })
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// On `--resume`: refuses a saved calibration set that this run's settings would not have drawn,
+/// naming the file, the option, the saved value and the requested one (the search's checkpoint
+/// is checked separately, by its fingerprint).
+pub fn check_saved_calibration(path: &std::path::Path, set: &evop::data::CalibrationSet, spec: &evop::CalibrationSpec, seed: u64) -> Result<()> {
+    let sampler = match spec.sampler {
+        evop::SamplerKind::Random => "random",
+        evop::SamplerKind::Ccds { .. } => "ccds",
+    };
+    let checks = [
+        ("--calib", set.settings.sampler.sampler.clone(), sampler.to_string()),
+        ("--calib-windows", set.len().to_string(), spec.windows.to_string()),
+        ("--seqlen", set.settings.window.seqlen.to_string(), spec.seqlen.to_string()),
+        ("--seed", set.settings.sampler.seed.to_string(), seed.to_string()),
+    ];
+    for (option, saved, asked) in checks {
+        if saved != asked {
+            anyhow::bail!(
+                "{}: the interrupted run used {option} {saved}, this run asks for {option} {asked}; resume with the same settings, or start again without --resume",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -60,10 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         crate::plots::block_map(&args.out.join(format!("block-map-n{n}")), l, &rows)?;
     }
     let report = serde_json::json!({ "dense": dense, "calibration": calib.settings, "runs": runs });
-    let path = args.out.join("compare.json");
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&report)?)?;
-    std::fs::rename(&tmp, &path)?;
+    crate::common::atomic_write(&args.out.join("compare.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     println!("\nreport and plots in {}", args.out.display());
     Ok(())
 }

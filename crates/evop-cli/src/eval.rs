@@ -94,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
         out["zero_shot"] = serde_json::to_value(&results)?;
     }
     if let Some(p) = &args.json {
-        std::fs::write(p, serde_json::to_string_pretty(&out)?).with_context(|| format!("writing {}", p.display()))?;
+        crate::common::atomic_write(p, serde_json::to_string_pretty(&out)?.as_bytes())?;
     }
     Ok(())
 }

@@ -5,19 +5,45 @@ use evop::search::GenerationReport;
 use plotters::prelude::*;
 use std::path::Path;
 
+/// Draws `$body` into `$stem.svg` and `$stem.png`. Each file is drawn into a temporary sibling
+/// (same extension, so the bitmap encoder is chosen as for the final name) that is renamed into
+/// place once complete; on failure the temporary file is removed and the error names the file.
 macro_rules! svg_and_png {
     ($stem:expr, $size:expr, |$root:ident| $body:block) => {{
+        let tmp_of = |p: &Path| {
+            let ext = p.extension().map_or_else(String::new, |e| e.to_string_lossy().into_owned());
+            let stem = p.file_stem().map_or_else(|| "plot".into(), |s| s.to_string_lossy().into_owned());
+            p.with_file_name(format!(".{stem}.tmp-{}.{ext}", std::process::id()))
+        };
+        let finish = |p: &Path, tmp: &Path, drawn: Result<()>| {
+            // The backend is dropped by now, so nothing writes to `tmp` any more.
+            let done = drawn.and_then(|()| std::fs::rename(tmp, p).map_err(anyhow::Error::from));
+            if done.is_err() {
+                let _ = std::fs::remove_file(tmp);
+            }
+            done.map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        };
         {
             let p = $stem.with_extension("svg");
-            let $root = SVGBackend::new(&p, $size).into_drawing_area();
-            $body
-            $root.present().map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let tmp = tmp_of(&p);
+            let drawn = (|| -> Result<()> {
+                let $root = SVGBackend::new(&tmp, $size).into_drawing_area();
+                $body
+                $root.present()?;
+                Ok(())
+            })();
+            finish(&p, &tmp, drawn)?;
         }
         {
             let p = $stem.with_extension("png");
-            let $root = BitMapBackend::new(&p, $size).into_drawing_area();
-            $body
-            $root.present().map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let tmp = tmp_of(&p);
+            let drawn = (|| -> Result<()> {
+                let $root = BitMapBackend::new(&tmp, $size).into_drawing_area();
+                $body
+                $root.present()?;
+                Ok(())
+            })();
+            finish(&p, &tmp, drawn)?;
         }
     }};
 }

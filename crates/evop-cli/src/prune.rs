@@ -42,12 +42,6 @@ pub struct Args {
     pub no_save: bool,
 }
 
-fn atomic_write(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 pub fn run(args: Args) -> Result<()> {
     let model_dir = args.out.join("model");
     if !args.no_save && model_dir.exists() && std::fs::read_dir(&model_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
@@ -67,7 +61,9 @@ pub fn run(args: Args) -> Result<()> {
     // The calibration set: reused on --resume so the resumed search sees the same data.
     let calib_path = args.out.join("calibration.json");
     let calib = if args.resume && calib_path.exists() {
-        evop::data::CalibrationSet::load(&calib_path)?
+        let saved = evop::data::CalibrationSet::load(&calib_path)?;
+        crate::common::check_saved_calibration(&calib_path, &saved, &args.exp.calibration_spec()?, args.exp.seed)?;
+        saved
     } else {
         let s = crate::progress::spinner("building the calibration set");
         let c = evop::build_calibration(&setup.model, &setup.split.calibration, &args.exp.calibration_spec()?, args.exp.seed)?;
@@ -128,14 +124,15 @@ pub fn run(args: Args) -> Result<()> {
         "runs": runs,
     });
     let text = serde_json::to_string_pretty(&report)?;
-    atomic_write(&args.out.join("report.json"), text.as_bytes())?;
-    if let Some(p) = &args.json {
-        atomic_write(p, text.as_bytes())?;
-    }
+    crate::common::atomic_write(&args.out.join("report.json"), text.as_bytes())?;
     if !args.no_save {
         let mask = BlockMask::from_removed(l, &runs[0].removed)?;
         evop::model::save_pruned(&setup.model, &mask, &model_dir)?;
         println!("\npruned model ({}) written to {}", runs[0].method, model_dir.display());
+    }
+    // The extra copy last: if it fails, `--out` already holds the complete results.
+    if let Some(p) = &args.json {
+        crate::common::atomic_write(p, text.as_bytes())?;
     }
     println!("report, calibration set and plots in {}", args.out.display());
     Ok(())

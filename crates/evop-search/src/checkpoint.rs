@@ -88,17 +88,22 @@ pub(crate) struct Checkpoint<S> {
 }
 
 impl<S: Serialize + DeserializeOwned> Checkpoint<S> {
-    /// Writes atomically: temporary file next to `path`, fsync, rename.
+    /// Writes atomically: temporary file next to `path`, fsync, rename. On failure (a full disk) the
+    /// temporary file is removed and `path` keeps the previous checkpoint.
     pub(crate) fn write(&self, path: &Path) -> Result<()> {
-        let io = |source| SearchError::Io { path: path.to_path_buf(), source };
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
         let tmp = path.with_file_name(format!(".{name}.tmp"));
         let bytes = serde_json::to_vec(self).map_err(|source| SearchError::CheckpointFormat { path: path.to_path_buf(), source })?;
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(io)
+        let written = File::create(&tmp).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, path)
+        });
+        written.map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            SearchError::Io { path: path.to_path_buf(), source }
+        })
     }
 
     /// Reads a checkpoint and checks its format version and fingerprint against `current`.
