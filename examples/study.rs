@@ -13,6 +13,20 @@
 //! # on a GPU build: --device cuda --calib-windows 32 --eval-windows 0 --topic-windows 16
 //! # zero-shot columns: --tasks science,winogrande,step_inference --task-limit 200
 //! ```
+//!
+//! Rows go to `STEM.rows.jsonl` as they come, and the tables to `STEM.md`. `--render PAGE`
+//! regenerates the tables of a Markdown page from committed rows files instead of running
+//! anything: every `<!-- study-table rows=A.rows.jsonl,B.rows.jsonl [digits=N] [seeds] [removed]
+//! [bold] [tasks=T,U] -->` ... `<!-- /study-table -->` section is replaced by the table of those
+//! rows (paths relative to the page; `digits`: decimals of perplexities, default 3; `seeds`: a
+//! column counting the seeds; `removed`: the first seed's removed blocks; `bold`: the lowest
+//! perplexities at each n in bold; `tasks`: zero-shot columns), the rest of the page is kept, and
+//! the page is written through a temporary file renamed into place. With `--check` it only
+//! reports whether the page is up to date:
+//!
+//! ```text
+//! cargo run --release --example study -- --render docs/results.md [--check]
+//! ```
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use evop::baselines::{pruner_by_name, Exhaustive};
@@ -24,7 +38,7 @@ use evop::{
     SearchSpec, StrategyKind,
 };
 use std::sync::Arc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -92,9 +106,16 @@ struct Args {
     /// Output stem: writes STEM.md and STEM.json.
     #[arg(long, default_value = "study")]
     out: PathBuf,
+    /// Regenerate the `study-table` sections of this Markdown page from the rows files they name,
+    /// and run nothing else.
+    #[arg(long, value_name = "PAGE")]
+    render: Option<PathBuf>,
+    /// With --render: change nothing, fail if the page is not what rendering would write.
+    #[arg(long, requires = "render")]
+    check: bool,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Deserialize, Clone)]
 struct Row {
     n: usize,
     method: String,
@@ -108,6 +129,7 @@ struct Row {
     seconds: f64,
     block_forwards: u64,
     /// Zero-shot accuracy per task.
+    #[serde(default)]
     zero_shot: BTreeMap<String, f64>,
 }
 
@@ -148,6 +170,9 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(page) = &args.render {
+        return render_page(page, args.check);
+    }
     let device = evop::model::parse_device(&args.device)?;
     let store = evop::assets::AssetStore::from_env();
     let dtype = evop::model::parse_dtype(&args.dtype)?;
@@ -278,34 +303,227 @@ fn main() -> Result<()> {
         "Dense perplexity {:.3} ({} evaluation tokens, windows of {}); calibration {} x {} tokens; seeds {:?}; device {}.\n\n",
         dense.overall.perplexity, eval.tokens(), args.eval_seqlen, args.calib_windows, args.seqlen, args.seeds, args.device
     ));
-    let task_cols: String = args.tasks.iter().map(|t| format!(" {t} acc |")).collect();
-    let task_align: String = args.tasks.iter().map(|_| "---:|").collect();
-    md.push_str(&format!("| n | method | eval PPL (mean ± sd) | mean-topic PPL | worst-topic PPL | calib NLL (random set) | search s |{task_cols} removed (seed 0) |\n|---:|---|---:|---:|---:|---:|---:|{task_align}---|\n"));
-    let mut groups: BTreeMap<(usize, usize), Vec<&Row>> = BTreeMap::new();
-    for r in &rows {
-        let order = args.methods.iter().position(|m| m == &r.method).unwrap_or(usize::MAX);
-        groups.entry((r.n, order)).or_default().push(r);
-    }
-    for ((n, _), rs) in &groups {
-        let (p, ps) = mean_std(&rs.iter().map(|r| r.eval_ppl).collect::<Vec<_>>());
-        let mt: Vec<f64> = rs.iter().filter_map(|r| r.mean_topic_ppl).collect();
-        let wt: Vec<f64> = rs.iter().filter_map(|r| r.worst_topic_ppl).collect();
-        let (c, _) = mean_std(&rs.iter().map(|r| r.calib_nll).collect::<Vec<_>>());
-        let (s, _) = mean_std(&rs.iter().map(|r| r.seconds).collect::<Vec<_>>());
-        let fmt = |v: &[f64]| if v.is_empty() { "-".to_string() } else { format!("{:.3}", mean_std(v).0) };
-        let accs: String = args
-            .tasks
-            .iter()
-            .map(|t| format!(" {:.3} |", mean_std(&rs.iter().filter_map(|r| r.zero_shot.get(t).copied()).collect::<Vec<_>>()).0))
-            .collect();
-        md.push_str(&format!(
-            "| {n} | {} | {p:.3} ± {ps:.3} | {} | {} | {c:.4} | {s:.1} |{accs} {:?} |\n",
-            rs[0].method, fmt(&mt), fmt(&wt), rs[0].removed
-        ));
-    }
+    md.push_str(&table(&rows, &TableStyle { tasks: args.tasks.clone(), ..TableStyle::default() }));
     let md_path = args.out.with_extension("md");
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     std::fs::write(args.out.with_extension("json"), serde_json::to_string_pretty(&serde_json::json!({"dense": dense, "rows": rows}))?)?;
     println!("{md}");
+    Ok(())
+}
+
+/// How a table of rows is laid out (the options of a `study-table` section).
+#[derive(Clone, Debug)]
+struct TableStyle {
+    /// Decimals of perplexities below 10^4 (larger ones get three significant digits).
+    digits: usize,
+    /// A column with the number of rows (seeds) behind each line.
+    seeds: bool,
+    /// A column with the removed blocks of each method's first row (the first seed).
+    removed: bool,
+    /// The lowest eval, mean-topic and worst-topic perplexities at each n in bold.
+    bold: bool,
+    /// Zero-shot accuracy columns, in this order.
+    tasks: Vec<String>,
+}
+
+impl Default for TableStyle {
+    fn default() -> Self {
+        TableStyle { digits: 3, seeds: false, removed: true, bold: false, tasks: Vec::new() }
+    }
+}
+
+/// A perplexity: `digits` decimals below 10^4, three significant digits above (`2.95e+04`).
+fn fmt_ppl(x: f64, digits: usize) -> String {
+    if !x.is_finite() || x.abs() < 1e4 {
+        return format!("{x:.digits$}");
+    }
+    let s = format!("{x:.2e}");
+    let (mantissa, exp) = s.split_once('e').expect("an exponent");
+    let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+    let exp: i32 = exp.parse().expect("an integer exponent");
+    format!("{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+}
+
+/// One line per (n, method), methods in the order they first appear in `rows`: means over the
+/// rows (seeds) of the line, and the spread (sample standard deviation) of the eval perplexity.
+fn table(rows: &[Row], style: &TableStyle) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    for r in rows {
+        if !order.contains(&r.method.as_str()) {
+            order.push(&r.method);
+        }
+    }
+    let mut groups: BTreeMap<(usize, usize), Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        let at = order.iter().position(|m| *m == r.method).expect("listed");
+        groups.entry((r.n, at)).or_default().push(r);
+    }
+    let mean = |v: Vec<f64>| if v.is_empty() { None } else { Some(mean_std(&v).0) };
+    struct Line<'a> {
+        n: usize,
+        rows: &'a [&'a Row],
+        ppl: (f64, f64),
+        mean_topic: Option<f64>,
+        worst_topic: Option<f64>,
+    }
+    let lines: Vec<Line> = groups
+        .iter()
+        .map(|(&(n, _), rs)| Line {
+            n,
+            rows: rs,
+            ppl: mean_std(&rs.iter().map(|r| r.eval_ppl).collect::<Vec<_>>()),
+            mean_topic: mean(rs.iter().filter_map(|r| r.mean_topic_ppl).collect()),
+            worst_topic: mean(rs.iter().filter_map(|r| r.worst_topic_ppl).collect()),
+        })
+        .collect();
+    let lowest = |n: usize, f: &dyn Fn(&Line) -> Option<f64>| lines.iter().filter(|l| l.n == n).filter_map(f).fold(f64::INFINITY, f64::min);
+    let cell = |text: String, value: Option<f64>, best: f64| {
+        if style.bold && value == Some(best) {
+            format!("**{text}**")
+        } else {
+            text
+        }
+    };
+    let d = style.digits;
+    let mut md = String::from("| n | method |");
+    let mut align = String::from("|---:|---|");
+    if style.seeds {
+        md.push_str(" seeds |");
+        align.push_str("---:|");
+    }
+    md.push_str(" eval PPL (mean ± sd) | mean-topic PPL | worst-topic PPL | calib NLL (random set) | search s |");
+    align.push_str("---:|---:|---:|---:|---:|");
+    for t in &style.tasks {
+        md.push_str(&format!(" {t} acc |"));
+        align.push_str("---:|");
+    }
+    if style.removed {
+        md.push_str(" removed (seed 0) |");
+        align.push_str("---|");
+    }
+    md.push('\n');
+    md.push_str(&align);
+    md.push('\n');
+    for l in &lines {
+        let first = l.rows[0];
+        md.push_str(&format!("| {} | {} |", l.n, first.method));
+        if style.seeds {
+            md.push_str(&format!(" {} |", l.rows.len()));
+        }
+        let ppl = format!("{} ± {}", fmt_ppl(l.ppl.0, d), fmt_ppl(l.ppl.1, d));
+        let topic = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |x| fmt_ppl(x, d));
+        md.push_str(&format!(
+            " {} | {} | {} | {:.4} | {:.1} |",
+            cell(ppl, Some(l.ppl.0), lowest(l.n, &|x| Some(x.ppl.0))),
+            cell(topic(l.mean_topic), l.mean_topic, lowest(l.n, &|x| x.mean_topic)),
+            cell(topic(l.worst_topic), l.worst_topic, lowest(l.n, &|x| x.worst_topic)),
+            mean_std(&l.rows.iter().map(|r| r.calib_nll).collect::<Vec<_>>()).0,
+            mean_std(&l.rows.iter().map(|r| r.seconds).collect::<Vec<_>>()).0,
+        ));
+        for t in &style.tasks {
+            let acc = mean(l.rows.iter().filter_map(|r| r.zero_shot.get(t).copied()).collect());
+            md.push_str(&acc.map_or_else(|| " - |".to_string(), |a| format!(" {a:.3} |")));
+        }
+        if style.removed {
+            md.push_str(&format!(" {:?} |", first.removed));
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// Reads rows written by the study (one JSON object per line).
+fn read_rows(path: &std::path::Path) -> Result<Vec<Row>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        rows.push(serde_json::from_str(line).with_context(|| format!("{} line {}: not a study row", path.display(), i + 1))?);
+    }
+    if rows.is_empty() {
+        bail!("{}: no rows", path.display());
+    }
+    Ok(rows)
+}
+
+const TABLE_BEGIN: &str = "<!-- study-table ";
+const TABLE_END: &str = "<!-- /study-table -->";
+
+/// The page with every `study-table` section regenerated from its rows files.
+fn render(page: &std::path::Path, text: &str) -> Result<String> {
+    let base = page.parent().unwrap_or(std::path::Path::new("."));
+    let mut out: Vec<String> = Vec::new();
+    let mut lines = text.lines().enumerate();
+    let mut sections = 0;
+    while let Some((i, line)) = lines.next() {
+        out.push(line.to_string());
+        let at = || format!("{} line {}", page.display(), i + 1);
+        if line.trim() == TABLE_END {
+            bail!("{}: `{TABLE_END}` without a `{}...-->` before it", at(), TABLE_BEGIN.trim_end());
+        }
+        let Some(spec) = line.trim().strip_prefix(TABLE_BEGIN).and_then(|s| s.strip_suffix("-->")) else { continue };
+        let mut style = TableStyle { removed: false, ..TableStyle::default() };
+        let mut files = Vec::new();
+        for opt in spec.split_whitespace() {
+            match opt.split_once('=') {
+                Some(("rows", v)) => files.extend(v.split(',').map(|f| base.join(f))),
+                Some(("digits", v)) => style.digits = v.parse().with_context(|| format!("{}: digits=`{v}` is not a number", at()))?,
+                Some(("tasks", v)) => style.tasks = v.split(',').map(str::to_string).collect(),
+                None if opt == "seeds" => style.seeds = true,
+                None if opt == "removed" => style.removed = true,
+                None if opt == "bold" => style.bold = true,
+                _ => bail!("{}: unknown study-table option `{opt}` (rows=, digits=, tasks=, seeds, removed, bold)", at()),
+            }
+        }
+        if files.is_empty() {
+            bail!("{}: the study-table section names no rows files (rows=A.rows.jsonl,...)", at());
+        }
+        let mut rows = Vec::new();
+        for f in &files {
+            rows.extend(read_rows(f).with_context(at)?);
+        }
+        // Skip the old content up to the closing marker, then write the new table there.
+        loop {
+            match lines.next() {
+                Some((_, l)) if l.trim() == TABLE_END => break,
+                Some((_, l)) if l.trim().starts_with(TABLE_BEGIN) => bail!("{}: the section is not closed before the next one", at()),
+                Some(_) => {}
+                None => bail!("{}: the section is not closed with `{TABLE_END}`", at()),
+            }
+        }
+        out.push(String::new());
+        out.extend(table(&rows, &style).lines().map(str::to_string));
+        out.push(String::new());
+        out.push(TABLE_END.to_string());
+        sections += 1;
+    }
+    if sections == 0 {
+        bail!("{}: no `{}...-->` section to render", page.display(), TABLE_BEGIN.trim_end());
+    }
+    let mut rendered = out.join("\n");
+    if text.ends_with('\n') {
+        rendered.push('\n');
+    }
+    Ok(rendered)
+}
+
+/// `--render PAGE [--check]`.
+fn render_page(page: &std::path::Path, check: bool) -> Result<()> {
+    let text = std::fs::read_to_string(page).with_context(|| format!("reading {}", page.display()))?;
+    let rendered = render(page, &text)?;
+    if rendered == text {
+        println!("{} is up to date", page.display());
+        return Ok(());
+    }
+    if check {
+        let line = text.lines().zip(rendered.lines()).position(|(a, b)| a != b).unwrap_or_else(|| text.lines().count().min(rendered.lines().count()));
+        bail!("{} is not up to date (first difference at line {}); run with --render {0} without --check", page.display(), line + 1);
+    }
+    let name = page.file_name().map_or_else(|| "page".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = page.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, &rendered).and_then(|()| std::fs::rename(&tmp, page)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::from(e).context(format!("writing {}", page.display()))
+    })?;
+    println!("{} rendered", page.display());
     Ok(())
 }
