@@ -127,7 +127,7 @@ pub fn run(args: Args) -> Result<()> {
     crate::common::atomic_write(&args.out.join("report.json"), text.as_bytes())?;
     if !args.no_save {
         let mask = BlockMask::from_removed(l, &runs[0].removed)?;
-        evop::model::save_pruned(&setup.model, &mask, &model_dir)?;
+        evop::model::save_pruned(&setup.model, &mask, &model_dir).with_context(|| format!("saving the pruned model to {}", model_dir.display()))?;
         println!("\npruned model ({}) written to {}", runs[0].method, model_dir.display());
     }
     // The extra copy last: if it fails, `--out` already holds the complete results.
