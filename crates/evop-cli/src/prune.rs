@@ -84,7 +84,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let checkpoint = Some((args.out.join("checkpoint.json"), args.resume));
     let mut runs: Vec<MethodRun> = Vec::new();
-    let main = run_method(&args.exp, &setup, &calib, &args.method, n, checkpoint, Some(interrupt.clone()), Some(&args.out))?;
+    let main = run_method(&args.exp, &setup, &calib, &args.method, n, checkpoint, Some(interrupt.clone()), Some(&args.out))
+        .map_err(|e| if args.resume { e.context(format!("resuming the search from {}", args.out.join("checkpoint.json").display())) } else { e })?;
     if interrupt.load(Ordering::SeqCst) {
         eprintln!("search interrupted; resume with the same arguments plus --resume");
         return Ok(());

@@ -342,7 +342,7 @@ fn sigkill_and_resume_ends_on_the_same_mask() {
     // Resuming under other settings is refused, and the checkpoint is left as it was.
     let saved = std::fs::read(&checkpoint).unwrap();
     let calib = killed.join("calibration.json").display().to_string();
-    expect_error(&mut prune(&killed, &[("--population", "6")], &["--resume"]), &["checkpoint belongs to another run", "ga.population is 8 there but 6 here"]);
+    expect_error(&mut prune(&killed, &[("--population", "6")], &["--resume"]), &[&format!("resuming the search from {}", checkpoint.display()), "checkpoint belongs to another run", "ga.population is 8 there but 6 here"]);
     expect_error(&mut prune(&killed, &[("--calib-windows", "6")], &["--resume"]), &[&calib, "--calib-windows 8", "--calib-windows 6"]);
     expect_error(&mut prune(&killed, &[("--seed", "8")], &["--resume"]), &[&calib, "--seed 7", "--seed 8"]);
     assert_eq!(std::fs::read(&checkpoint).unwrap(), saved);
