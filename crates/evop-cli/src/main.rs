@@ -5,6 +5,8 @@ mod compare;
 mod eval;
 mod experiment;
 mod generate;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod plots;
 mod progress;
 mod prune;
@@ -49,6 +51,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    #[cfg(feature = "mpi")]
+    if !matches!(cli.command, Command::Prune(_)) {
+        mpi::single_process_only()?;
+    }
     match cli.command {
         Command::Assets { action: AssetsAction::Fetch } => {
             let store = evop::assets::AssetStore::from_env();
@@ -57,6 +63,9 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "mpi")]
+        Command::Prune(args) => mpi::prune(args),
+        #[cfg(not(feature = "mpi"))]
         Command::Prune(args) => prune::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Eval(args) => eval::run(args),

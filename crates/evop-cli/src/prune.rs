@@ -5,7 +5,12 @@
 //! With no arguments: SmolLM2-135M (fetched if missing), 6 of 30 blocks, CCDS calibration of 8
 //! windows x 128 tokens from the Wikipedia leads' calibration split, EvoP's GA, then SLEB on the
 //! same calibration set, perplexity on 24 windows x 256 tokens of the evaluation split.
-use crate::experiment::{evaluate, run_method, ExperimentArgs, MethodRun};
+use crate::experiment::{evaluate, ExperimentArgs, MethodRun};
+#[cfg(not(feature = "mpi"))]
+use crate::experiment::run_method;
+// Under mpirun/srun, spreads the EvoP search over the ranks (else the same as experiment's).
+#[cfg(feature = "mpi")]
+use crate::mpi::run_method;
 use anyhow::{bail, Context, Result};
 use evop::model::BlockMask;
 use std::path::PathBuf;

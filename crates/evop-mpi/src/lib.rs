@@ -57,5 +57,5 @@ pub mod wire;
 
 pub use memory::{in_process, InProcessRoot, InProcessWorker};
 pub use placement::{device_for_rank, launched_by_mpi, local_rank_from_env, visible_gpus, PlacementError};
-pub use queue::{error_chain, serve, Backoff, QueueError, QueueFitness, QueueStats, ServeStats, Transport, WorkerTransport};
+pub use queue::{error_chain, serve, Backoff, Incoming, QueueError, QueueFitness, QueueStats, ServeStats, Transport, WorkerTransport};
 pub use wire::{Reply, Request, Task, WireError};

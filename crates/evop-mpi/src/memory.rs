@@ -5,7 +5,7 @@
 
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 
-use crate::queue::{Transport, WorkerTransport};
+use crate::queue::{Incoming, Transport, WorkerTransport};
 use crate::wire::Tag;
 
 type Frame = (Tag, Vec<u64>);
@@ -62,7 +62,7 @@ impl Transport for InProcessRoot {
     fn send(&self, peer: usize, tag: Tag, words: &[u64]) -> Result<(), Disconnected> {
         self.to.get(peer).ok_or(Disconnected::Worker(peer))?.send((tag, words.to_vec())).map_err(|_| Disconnected::Worker(peer))
     }
-    fn try_recv(&self) -> Result<Option<(usize, Tag, Vec<u64>)>, Disconnected> {
+    fn try_recv(&self) -> Result<Option<Incoming>, Disconnected> {
         match self.from.try_recv() {
             Ok((peer, (tag, words))) => Ok(Some((peer, tag, words))),
             Err(TryRecvError::Empty) => Ok(None),

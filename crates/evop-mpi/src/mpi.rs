@@ -20,7 +20,7 @@ use ::mpi::topology::{Rank, SimpleCommunicator};
 use ::mpi::traits::*;
 
 use crate::placement::{local_rank_from_env, PlacementError};
-use crate::queue::{Backoff, Transport, WorkerTransport};
+use crate::queue::{Backoff, Incoming, Transport, WorkerTransport};
 use crate::wire::Tag;
 
 /// The root's rank.
@@ -68,7 +68,7 @@ impl Transport for MpiRoot {
         Ok(())
     }
 
-    fn try_recv(&self) -> Result<Option<(usize, Tag, Vec<u64>)>, Infallible> {
+    fn try_recv(&self) -> Result<Option<Incoming>, Infallible> {
         Ok(self.comm.any_process().immediate_matched_probe().map(|probed| {
             let (words, status) = probed.matched_receive_vec::<u64>();
             // Rank 0 cannot message itself here; map it out of range so the queue reports it.
@@ -159,15 +159,16 @@ pub fn node_local_rank<C: Communicator>(comm: &C) -> Result<usize, PlacementErro
     Ok(comm.split_shared(comm.rank()).rank() as usize)
 }
 
-/// Every rank's `value` on `root` (in rank order), `None` elsewhere. Collective.
-pub fn gather_to_root<C: Communicator, T: Equivalence + Clone>(comm: &C, root: Rank, value: T) -> Option<Vec<T>> {
+/// Every rank's `values` on `root` (one vector per rank, in rank order), `None` elsewhere.
+/// Collective; every rank must pass the same number of values.
+pub fn gather_to_root<C: Communicator, T: Equivalence + Clone>(comm: &C, root: Rank, values: &[T]) -> Option<Vec<Vec<T>>> {
     let p = comm.process_at_rank(root);
     if comm.rank() == root {
-        let mut all = vec![value.clone(); comm.size() as usize];
-        p.gather_into_root(&value, &mut all[..]);
-        Some(all)
+        let mut all: Vec<T> = values.iter().cycle().take(values.len() * comm.size() as usize).cloned().collect();
+        p.gather_into_root(values, &mut all[..]);
+        Some(if values.is_empty() { vec![Vec::new(); comm.size() as usize] } else { all.chunks(values.len()).map(<[T]>::to_vec).collect() })
     } else {
-        p.gather_into(&value);
+        p.gather_into(values);
         None
     }
 }

@@ -24,6 +24,9 @@ use evop_search::{BoxError, Fidelity, Fitness, Mask};
 
 use crate::wire::{Reply, Request, Tag, Task, WireError};
 
+/// A message a worker sent: `(peer, tag, words)`.
+pub type Incoming = (usize, Tag, Vec<u64>);
+
 /// The root's end of a transport: `workers()` peers numbered `0..workers()`.
 ///
 /// Implementations only move tagged word arrays; the queue encodes and decodes them. Used from one
@@ -35,7 +38,7 @@ pub trait Transport {
     /// Sends a message to worker `peer`.
     fn send(&self, peer: usize, tag: Tag, words: &[u64]) -> Result<(), Self::Error>;
     /// A message from any worker, if one has arrived: `(peer, tag, words)`. Must not block.
-    fn try_recv(&self) -> Result<Option<(usize, Tag, Vec<u64>)>, Self::Error>;
+    fn try_recv(&self) -> Result<Option<Incoming>, Self::Error>;
 }
 
 /// A worker's end of a transport: talks to the root only.
@@ -235,7 +238,7 @@ impl<T: Transport, F: Fitness + Sync> QueueFitness<T, F> {
         let mut tasks: Vec<Vec<usize>> = order.chunks(self.chunk).map(<[usize]>::to_vec).collect();
         if let Some(cost) = &self.cost {
             // Sort masks by cost first so that expensive masks share tasks, then tasks by their sum.
-            let c: Vec<f64> = masks.iter().map(|m| cost(m)).collect();
+            let c: Vec<f64> = masks.iter().map(cost).collect();
             order.sort_by(|&a, &b| c[b].total_cmp(&c[a]));
             tasks = order.chunks(self.chunk).map(<[usize]>::to_vec).collect();
             let sum = |t: &Vec<usize>| t.iter().map(|&i| c[i]).sum::<f64>();

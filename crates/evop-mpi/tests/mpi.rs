@@ -50,9 +50,9 @@ fn rank_main() {
     let got = broadcast_bytes(&world, ROOT, (rank == ROOT).then_some(&blob[..]));
     assert_eq!(got, blob, "rank {rank}: broadcast");
     let local = node_local_rank(&world).expect("local rank");
-    let all = gather_to_root(&world, ROOT, local as u64);
+    let all = gather_to_root(&world, ROOT, &[local as u64, 10 * rank as u64]);
     if rank == ROOT {
-        assert_eq!(all.unwrap(), vec![0, 1, 2], "one node: local ranks equal world ranks");
+        assert_eq!(all.unwrap(), vec![vec![0, 0], vec![1, 10], vec![2, 20]], "one node: local ranks equal world ranks");
     }
 
     let space = MaskSpace::new(24, 5, [0, 23]).unwrap();

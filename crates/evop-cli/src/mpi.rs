@@ -1,0 +1,391 @@
+//! `evop prune` across the ranks of an MPI job (feature `mpi`): `mpirun -np N evop prune ...` or
+//! `srun -n N evop prune ...`. See docs/distributed.md.
+//!
+//! Rank 0 runs the whole command as a single process would (setup, calibration set, search,
+//! baselines, evaluation, outputs, checkpoints); only the EvoP search's fitness batches are spread
+//! over the ranks with `evop_mpi::QueueFitness` (a dynamic work queue; rank 0 evaluates too). The
+//! other ranks print nothing: each loads the model once on its own device (`--device cuda` becomes
+//! `cuda:{local_rank % visible GPUs}`), receives the calibration windows that rank 0 broadcasts,
+//! builds the same `CalibrationFitness`, and serves masks until rank 0 says stop.
+//!
+//! The sequence every rank follows (collectives in the same order on every rank):
+//! 1. local rank (launcher environment, else a shared-memory split);
+//! 2. broadcast: the model path (rank 0 fetches the default model if needed) or rank 0's error;
+//! 3. broadcast: the search job (windows, cluster labels, objective, loss, batch size), or "none"
+//!    if rank 0 ended before its search;
+//! 4. the queue's communicators (collective), serving, stop;
+//! 5. gather: each rank's forward counts, summed into the report.
+//!
+//! A worker that cannot load the model or build its fitness aborts the job (MPI_Abort); a rank that
+//! dies ends the job (MPI's default). The search's per-generation checkpoint (`<out>/checkpoint.json`)
+//! and `--resume` then continue on whatever ranks are started next, with the same result: the search
+//! runs on rank 0 alone and the values do not depend on which rank computed them.
+//!
+//! The EvoP search here mirrors `evop::SearchJob::run` with the distributed fitness in place of the
+//! local one (same space, strategy, seeds, termination, checkpoint and report), so that a run on N
+//! ranks follows the single-process trajectory exactly; the CLI's MPI test compares the two.
+use crate::common::ModelArgs;
+use crate::experiment::{ExperimentArgs, MethodRun, Setup};
+use crate::progress::SearchProgress;
+use anyhow::{bail, Context, Result};
+use evop::model::{EvaluatorOptions, ForwardCounts, LossKind};
+use evop::search::{GaParams, Mask, MaskSpace, OnePlusLambdaParams, Search, Termination};
+use evop::{CalibrationFitness, Objective, PruneReport, StrategyKind};
+use evop_mpi::mpi::rsmpi::topology::SimpleCommunicator;
+use evop_mpi::mpi::rsmpi::traits::*;
+use evop_mpi::mpi::{broadcast_bytes, gather_to_root, node_local_rank, MpiRoot, MpiWorker, ROOT};
+use evop_mpi::{Backoff, QueueFitness, Transport};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Broadcast 1: what every rank loads.
+#[derive(Serialize, Deserialize)]
+enum Start {
+    Model { path: PathBuf },
+    Failed { error: String },
+}
+
+/// Broadcast 2: what the workers evaluate.
+#[derive(Serialize, Deserialize)]
+enum Job {
+    Search { windows: Vec<Vec<u32>>, groups: Option<Vec<usize>>, objective: Objective, loss: LossKind, batch_size: usize },
+    None,
+}
+
+/// Rank 0's MPI state while `prune::run` runs; the job broadcast happens at most once.
+struct RootState {
+    world: SimpleCommunicator,
+    job_sent: bool,
+}
+
+thread_local! {
+    static ROOT_STATE: RefCell<Option<RootState>> = const { RefCell::new(None) };
+}
+
+fn bcast_json<T: Serialize + for<'de> Deserialize<'de>>(world: &SimpleCommunicator, value: Option<&T>) -> Result<T> {
+    let bytes = value.map(serde_json::to_vec).transpose()?;
+    let got = broadcast_bytes(world, ROOT, bytes.as_deref());
+    serde_json::from_slice(&got).context("decoding a broadcast from rank 0 (are all ranks running the same evop build?)")
+}
+
+/// The device this rank takes: `cuda` is spread over the visible GPUs by local rank.
+fn rank_device(model: &ModelArgs, local_rank: usize) -> Result<String> {
+    let (gpus, why) = evop_mpi::visible_gpus();
+    Ok(evop_mpi::device_for_rank(&model.device, local_rank, gpus, &why)?)
+}
+
+/// `evop prune` under a launcher with more than one rank; otherwise exactly `prune::run`.
+pub fn prune(mut args: crate::prune::Args) -> Result<()> {
+    if !evop_mpi::launched_by_mpi()? {
+        return crate::prune::run(args);
+    }
+    let (universe, _) = evop_mpi::mpi::rsmpi::initialize_with_threading(evop_mpi::mpi::rsmpi::Threading::Funneled)
+        .context("initialising MPI (it was already initialised)")?;
+    let world = universe.world();
+    if world.size() == 1 {
+        return crate::prune::run(args);
+    }
+    let rank = world.rank();
+    let local_rank = node_local_rank(&world)?;
+    if args.method != "evop" {
+        // Every rank sees the same arguments and stops here alike.
+        if rank == ROOT {
+            bail!("--method {}: only the EvoP search runs across MPI ranks; run baselines without mpirun", args.method);
+        }
+        std::process::exit(1);
+    }
+    if rank != ROOT {
+        return worker(&args, &world, local_rank);
+    }
+
+    // Rank 0: resolve the model once (fetching the default if missing), tell the workers, then run
+    // the command as a single process would, with `run_method` below spreading the search.
+    let device = rank_device(&args.exp.model, local_rank);
+    let path = match &args.exp.model.model {
+        Some(p) => Ok(p.clone()),
+        None => evop::assets::AssetStore::from_env().smollm2_gguf().context("fetching the default model"),
+    };
+    let start = match (&path, &device) {
+        (Ok(p), Ok(_)) => Start::Model { path: p.clone() },
+        (Err(e), _) | (_, Err(e)) => Start::Failed { error: format!("{e:#}") },
+    };
+    bcast_json(&world, Some(&start))?;
+    args.exp.model.model = Some(path?);
+    args.exp.model.device = device?;
+    eprintln!("evop: {} MPI ranks; rank 0 on {}", world.size(), args.exp.model.device);
+    ROOT_STATE.with(|s| *s.borrow_mut() = Some(RootState { world, job_sent: false }));
+    let result = crate::prune::run(args);
+    let state = ROOT_STATE.with(|s| s.borrow_mut().take()).expect("root state is set");
+    if !state.job_sent {
+        // Rank 0 ended before its search (an error, or nothing to search): release the workers.
+        bcast_json(&state.world, Some(&Job::None))?;
+    }
+    drop(state);
+    drop(universe);
+    result
+}
+
+fn abort(world: &SimpleCommunicator, rank: i32, what: &str, e: &anyhow::Error) -> ! {
+    eprintln!("evop: rank {rank}: {what}: {e:#}");
+    world.abort(1)
+}
+
+/// A worker rank: load the model, wait for the job, serve masks until rank 0 says stop.
+fn worker(args: &crate::prune::Args, world: &SimpleCommunicator, local_rank: usize) -> Result<()> {
+    let rank = world.rank();
+    let path = match bcast_json::<Start>(world, None)? {
+        Start::Model { path } => path,
+        // Rank 0 reports its own error and exits non-zero.
+        Start::Failed { .. } => return Ok(()),
+    };
+    let mut model_args = args.exp.model.clone();
+    model_args.model = Some(path);
+    let loaded = rank_device(&model_args, local_rank).and_then(|d| {
+        model_args.device = d;
+        model_args.load()
+    });
+    let model = loaded.unwrap_or_else(|e| abort(world, rank, "loading the model", &e));
+    tracing::info!(rank, device = %model_args.device, "model loaded");
+    let Job::Search { windows, groups, objective, loss, batch_size } = bcast_json::<Job>(world, None)? else {
+        return Ok(());
+    };
+    let transport = MpiWorker::new(world)?;
+    let options = EvaluatorOptions { batch_size, loss, ..Default::default() };
+    let fitness = CalibrationFitness::new(model.lm.clone(), &windows, groups.as_deref(), objective, options)
+        .unwrap_or_else(|e| abort(world, rank, "building the calibration evaluator", &e.into()));
+    let served = evop_mpi::serve(&transport, &fitness, Backoff::WORKER)?;
+    tracing::info!(rank, tasks = served.tasks, masks = served.masks, busy_s = served.busy_seconds, "worker done");
+    let c = fitness.counts();
+    gather_to_root(world, ROOT, &[c.block_forwards, c.head_forwards, c.candidates, served.masks]);
+    Ok(())
+}
+
+/// Tasks go out most expensive first: a candidate starts from the dense state before its first
+/// removed block (the evaluator's dense cache), so its cost is the kept blocks after that plus the head.
+fn candidate_cost(m: &Mask) -> f64 {
+    match m.removed().next() {
+        Some(first) => (m.kept().filter(|&i| i > first).count() + 1) as f64,
+        None => 1.0,
+    }
+}
+
+/// `experiment::run_method` with the EvoP search spread over the MPI ranks when rank 0 runs under
+/// a launcher (see [`prune`]); otherwise exactly `experiment::run_method`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_method(
+    args: &ExperimentArgs,
+    setup: &Setup,
+    calib: &evop::data::CalibrationSet,
+    method: &str,
+    n: usize,
+    checkpoint: Option<(PathBuf, bool)>,
+    interrupt: Option<Arc<AtomicBool>>,
+    plots_dir: Option<&std::path::Path>,
+) -> Result<MethodRun> {
+    let distributed = method == "evop" && ROOT_STATE.with(|s| s.borrow().as_ref().is_some_and(|st| !st.job_sent));
+    if !distributed {
+        return crate::experiment::run_method(args, setup, calib, method, n, checkpoint, interrupt, plots_dir);
+    }
+    ROOT_STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let state = s.as_mut().expect("root state is set");
+        distributed_evop(&state.world, &mut state.job_sent, args, setup, calib, n, checkpoint, interrupt, plots_dir)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn distributed_evop(
+    world: &SimpleCommunicator,
+    job_sent: &mut bool,
+    args: &ExperimentArgs,
+    setup: &Setup,
+    calib: &evop::data::CalibrationSet,
+    n: usize,
+    checkpoint: Option<(PathBuf, bool)>,
+    interrupt: Option<Arc<AtomicBool>>,
+    plots_dir: Option<&std::path::Path>,
+) -> Result<MethodRun> {
+    let lm = setup.model.lm.clone();
+    let l = lm.num_blocks();
+    let windows = calib.token_windows();
+    let start = Instant::now();
+    // Seed masks from cheap baselines, as `experiment::run_method` does (on rank 0 only).
+    let mut spec = args.search_spec()?;
+    for seeder in args.seed_with.iter().filter(|m| m.as_str() != "none") {
+        let removed = evop::baselines::pruner_by_name(seeder)?.prune(&lm, &windows, n)?.removed();
+        if !removed.contains(&0) && !removed.contains(&(l - 1)) {
+            spec.seed_masks.push(removed);
+        }
+    }
+    let loss = args.loss_kind()?;
+    let job = Job::Search { windows: windows.clone(), groups: calib.clusters.clone(), objective: args.objective, loss, batch_size: args.batch_size };
+    bcast_json(world, Some(&job))?;
+    *job_sent = true;
+    let transport = MpiRoot::new(world)?;
+    let workers = transport.workers();
+    let options = EvaluatorOptions { batch_size: args.batch_size, loss, ..Default::default() };
+    let (search, queue_stats) = match CalibrationFitness::new(lm.clone(), &windows, calib.clusters.as_deref(), args.objective, options) {
+        Ok(local) => {
+            let queue = QueueFitness::new(transport, local).order_by_cost(candidate_cost);
+            let outcome = search_on(&queue, l, n, &spec, args.seed, checkpoint, interrupt, args.generations);
+            // Always release the workers, even after a failed search: they leave `serve` and join the gather.
+            queue.shutdown()?;
+            let stats = queue.stats();
+            (outcome.map(|o| (o, queue)), stats)
+        }
+        Err(e) => {
+            // The workers are serving already: stop them, then fail.
+            let (tag, words) = evop_mpi::Request::Stop.encode();
+            for peer in 0..workers {
+                let _ = transport.send(peer, tag, &words);
+            }
+            (Err(anyhow::Error::from(e).context("building rank 0's calibration evaluator")), evop_mpi::QueueStats::default())
+        }
+    };
+    let gathered = gather_to_root(world, ROOT, &[0u64; 4]).expect("rank 0 is the root");
+    let (outcome, queue) = search?;
+    let local = queue.local();
+    let mut counts = local.counts();
+    for g in &gathered[1..] {
+        counts = ForwardCounts {
+            block_forwards: counts.block_forwards + g[0],
+            head_forwards: counts.head_forwards + g[1],
+            candidates: counts.candidates + g[2],
+        };
+    }
+    let mask = CalibrationFitness::block_mask(&outcome.best);
+    let (value, window_losses) = local.score_mask(&mask)?;
+    let report = PruneReport {
+        removed: mask.removed().collect(),
+        num_blocks: l,
+        objective_value: value,
+        objective: args.objective,
+        window_losses,
+        stop_reason: Some(outcome.reason),
+        generations: outcome.generations,
+        evaluations: outcome.evaluations,
+        cache_hits: outcome.cache_hits,
+        counts,
+        history: outcome.history,
+        calibration_seconds: 0.0,
+        search_seconds: start.elapsed().as_secs_f64(),
+    };
+    if let Some(dir) = plots_dir {
+        crate::plots::convergence(&dir.join(format!("convergence-n{n}")), &report.history)?;
+    }
+    let s = &queue_stats;
+    eprintln!(
+        "evop: search over {} ranks: masks per rank {:?}, busy seconds per rank {:?}, {} messages / {} bytes out, {} / {} in",
+        workers + 1,
+        s.masks_by,
+        s.busy_seconds_by.iter().map(|x| (x * 100.0).round() / 100.0).collect::<Vec<_>>(),
+        s.messages_sent,
+        s.bytes_sent,
+        s.messages_received,
+        s.bytes_received
+    );
+    let mut detail = serde_json::to_value(&report)?;
+    detail["distributed"] = serde_json::json!({
+        "ranks": workers + 1,
+        "masks_by_rank": s.masks_by,
+        "tasks_by_rank": s.tasks_by,
+        "busy_seconds_by_rank": s.busy_seconds_by,
+        "wall_seconds_in_batches": s.wall_seconds,
+        "messages_sent": s.messages_sent,
+        "messages_received": s.messages_received,
+        "bytes_sent": s.bytes_sent,
+        "bytes_received": s.bytes_received,
+        "job_bytes": serde_json::to_vec(&job)?.len(),
+    });
+    let search_seconds = start.elapsed().as_secs_f64();
+    let calibration_nll = evop::model::perplexity::perplexity(lm.as_ref(), &windows, &mask, args.batch_size)?.mean_nll;
+    let removed = report.removed.clone();
+    Ok(MethodRun { method: "evop".into(), n, removed, search_seconds, counts, calibration_nll, eval: None, detail })
+}
+
+/// The search of `evop::SearchJob::run` on the given fitness.
+#[allow(clippy::too_many_arguments)]
+fn search_on<F: evop::search::Fitness>(
+    fitness: &F,
+    l: usize,
+    n: usize,
+    spec: &evop::SearchSpec,
+    seed: u64,
+    checkpoint: Option<(PathBuf, bool)>,
+    interrupt: Option<Arc<AtomicBool>>,
+    generations: u64,
+) -> Result<evop::search::Outcome> {
+    let protected: Vec<usize> = if spec.protect_ends { vec![0, l - 1] } else { vec![] };
+    let space = MaskSpace::new(l, n, protected)?;
+    let seeds = spec.seed_masks.iter().map(|r| Mask::from_removed(&space, r)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let progress = SearchProgress::new(generations, &format!("evop n={n}"));
+    let configure = Configure { spec, seed, seeds, checkpoint, interrupt, progress };
+    Ok(match spec.strategy {
+        StrategyKind::Ga => configure.apply(Search::new(space, GaParams::new().population(spec.population).check()?)).run(fitness)?,
+        StrategyKind::OnePlusLambda => {
+            configure.apply(Search::new(space, OnePlusLambdaParams::new().lambda(spec.population).check()?)).run(fitness)?
+        }
+    })
+}
+
+/// What `SearchJob::configure` adds to a search: seed, seed masks, termination, checkpoint, progress.
+struct Configure<'a> {
+    spec: &'a evop::SearchSpec,
+    seed: u64,
+    seeds: Vec<Mask>,
+    checkpoint: Option<(PathBuf, bool)>,
+    interrupt: Option<Arc<AtomicBool>>,
+    progress: SearchProgress,
+}
+
+impl Configure<'_> {
+    fn apply<St: evop::search::Strategy>(self, s: Search<St>) -> Search<St> {
+        let mut s = s.seed(self.seed).seed_masks(self.seeds).until(Termination::MaxGenerations(self.spec.generations));
+        if let Some(k) = self.spec.stalled {
+            s = s.until(Termination::Stalled(k));
+        }
+        if let Some(b) = self.spec.budget {
+            s = s.until(Termination::Budget(b));
+        }
+        if let Some(flag) = self.interrupt {
+            s = s.until(Termination::Interrupted(flag));
+        }
+        if let Some((path, resume)) = self.checkpoint {
+            s = s.checkpoint(path.clone());
+            if resume && path.exists() {
+                s = s.resume_from(path);
+            }
+        }
+        s.observer(self.progress)
+    }
+}
+
+/// Any other command under a launcher with more than one rank is refused (it would run N times).
+pub fn single_process_only() -> Result<()> {
+    if !evop_mpi::launched_by_mpi()? {
+        return Ok(());
+    }
+    let size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"].iter().find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok());
+    if size.is_some_and(|n| n > 1) {
+        bail!("this command runs on one process; only `evop prune` (EvoP) is spread over MPI ranks");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_counts_blocks_after_the_first_removed_one() {
+        let space = MaskSpace::new(8, 2, []).unwrap();
+        let m = |r: &[usize]| Mask::from_removed(&space, r).unwrap();
+        assert_eq!(candidate_cost(&m(&[1, 2])), 6.0); // blocks 3..=7 and the head
+        assert_eq!(candidate_cost(&m(&[6, 7])), 1.0);
+        assert_eq!(candidate_cost(&m(&[0, 7])), 7.0);
+    }
+}
