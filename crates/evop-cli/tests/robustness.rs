@@ -152,6 +152,22 @@ fn output_directory_that_cannot_be_written() {
         None => eprintln!("skipped the read-only directory case: {} stays writable (no chattr +i here)", ro.display()),
     }
 
+    // `evop compare --out` and `evop eval --json` into it: the same, for the other writers.
+    if let Some(_guard) = ReadOnlyDir::new(&ro) {
+        let mut compare = evop();
+        compare
+            .args(["compare", "--model", fixture("llama").to_str().unwrap(), "--corpus", text.to_str().unwrap(), "--calib", "random"])
+            .args(["--seqlen", "8", "--calib-windows", "2", "--eval-seqlen", "8", "--eval-windows", "2", "--remove", "1"])
+            .args(["--methods", "sleb", "--out", ro.to_str().unwrap()]);
+        expect_error(&mut compare, &[&ro.join("calibration.json").display().to_string()]);
+        let target = ro.join("eval.json");
+        let mut eval = evop();
+        eval.args(["eval", "--model", fixture("llama").to_str().unwrap(), "--text", text.to_str().unwrap()])
+            .args(["--seqlen", "8", "--windows", "2", "--json", target.to_str().unwrap()]);
+        expect_error(&mut eval, &[&format!("writing {}", target.display())]);
+        assert_eq!(snapshot(&ro), before, "the read-only directory changed");
+    }
+
     // `--json` into a directory that cannot be written: the run's own output directory is
     // complete (report, pruned model) and the error names the path.
     let ro_json = tmp.path().join("read-only-json");
@@ -201,6 +217,16 @@ fn full_output_directory() {
     let before = snapshot(&out);
     expect_error(&mut with_file_size_limit(&tiny_prune(&text, &out, &[]), 1000), &[&out.join("calibration.json").display().to_string(), "File too large"]);
     assert_eq!(snapshot(&out), before);
+
+    // `evop eval --json` over an earlier result, full: the earlier file is kept whole.
+    let earlier = tmp.path().join("eval.json");
+    std::fs::write(&earlier, b"{\"earlier\": true}").unwrap();
+    let mut eval = evop();
+    eval.args(["eval", "--model", fixture("llama").to_str().unwrap(), "--text", text.to_str().unwrap()])
+        .args(["--seqlen", "8", "--windows", "2", "--json", earlier.to_str().unwrap()]);
+    expect_error(&mut with_file_size_limit(&eval, 100), &[&format!("writing {}", earlier.display()), "File too large"]);
+    assert_eq!(std::fs::read(&earlier).unwrap(), b"{\"earlier\": true}");
+    assert_eq!(leftovers(tmp.path()), Vec::<String>::new());
 
     // Full during the search: the calibration set (~1.2 kB) fits, the checkpoint grows by ~0.5 kB
     // a generation and stops fitting after a few. The last complete checkpoint stays, no
@@ -288,15 +314,16 @@ fn sigkill_and_resume_ends_on_the_same_mask() {
     let text = corpus(tmp.path(), 120);
     let model = deep_llama(tmp.path(), 16);
     const GENERATIONS: u64 = 24;
-    // `settings` replaces the defaults below (seed, calibration windows, population).
+    // `settings` replaces the defaults below (seed, calibration, population).
     let prune = |out: &Path, settings: &[(&str, &str)], extra: &[&str]| {
-        let mut opts: Vec<(&str, &str)> = vec![("--seed", "7"), ("--calib-windows", "8"), ("--population", "8")];
+        let mut opts: Vec<(&str, &str)> =
+            vec![("--seed", "7"), ("--calib-windows", "8"), ("--population", "8"), ("--seqlen", "64"), ("--calib", "random")];
         for (k, v) in settings {
             opts.iter_mut().find(|o| o.0 == *k).expect("a default to replace").1 = v;
         }
         let mut c = evop();
         c.args(["prune", "--model", model.to_str().unwrap(), "--corpus", text.to_str().unwrap(), "--method", "evop"])
-            .args(["--calib", "random", "--seqlen", "64", "--eval-seqlen", "32", "--eval-windows", "2"])
+            .args(["--eval-seqlen", "32", "--eval-windows", "2"])
             .args(["--remove", "5", "--generations", &GENERATIONS.to_string(), "--stalled", "0"])
             .args(["--batch-size", "8", "--compare", "none", "--no-save", "--out", out.to_str().unwrap()])
             .args(opts.iter().flat_map(|(k, v)| [*k, *v]))
@@ -345,6 +372,8 @@ fn sigkill_and_resume_ends_on_the_same_mask() {
     expect_error(&mut prune(&killed, &[("--population", "6")], &["--resume"]), &[&format!("resuming the search from {}", checkpoint.display()), "checkpoint belongs to another run", "ga.population is 8 there but 6 here"]);
     expect_error(&mut prune(&killed, &[("--calib-windows", "6")], &["--resume"]), &[&calib, "--calib-windows 8", "--calib-windows 6"]);
     expect_error(&mut prune(&killed, &[("--seed", "8")], &["--resume"]), &[&calib, "--seed 7", "--seed 8"]);
+    expect_error(&mut prune(&killed, &[("--seqlen", "32")], &["--resume"]), &[&calib, "--seqlen 64", "--seqlen 32"]);
+    expect_error(&mut prune(&killed, &[("--calib", "ccds")], &["--resume"]), &[&calib, "--calib random", "--calib ccds"]);
     assert_eq!(std::fs::read(&checkpoint).unwrap(), saved);
 
     // Resumed, killed again a few generations later, resumed again: it ends where the
