@@ -3,8 +3,10 @@
 //! [`evop_model::CalibrationEvaluator`] and reducing per-window losses with an [`Objective`].
 //!
 //! Fidelity is the number of calibration windows used. Lower fidelities (for EvoPress-style
-//! multi-step selection) use a cluster-balanced prefix of the windows: windows are ordered
-//! round-robin over clusters, so a screening subset still covers every cluster.
+//! multi-step selection, or a search screened on a subset) use a cluster-balanced prefix of the
+//! windows: windows are ordered round-robin over clusters, so a screening subset still covers
+//! every cluster. Evaluations below full fidelity may use their own evaluator settings
+//! ([`CalibrationFitness::with_screen_options`], e.g. a loss over a subset of positions).
 use crate::objective::Objective;
 use evop_model::{BlockLm, BlockMask, CalibrationEvaluator, EvaluatorOptions, ForwardCounts, ModelError};
 use evop_search::{Fidelity, Fitness, Mask};
@@ -19,6 +21,8 @@ pub struct CalibrationFitness {
     groups: Option<Vec<usize>>,
     objective: Objective,
     options: EvaluatorOptions,
+    /// Settings of the evaluators below full fidelity (`None`: `options`).
+    screen_options: Option<EvaluatorOptions>,
     evaluators: Mutex<BTreeMap<usize, Arc<CalibrationEvaluator>>>,
 }
 
@@ -42,7 +46,14 @@ impl CalibrationFitness {
         let order = round_robin_order(windows.len(), groups);
         let ordered: Vec<Vec<u32>> = order.iter().map(|&i| windows[i].clone()).collect();
         let groups = groups.map(|g| order.iter().map(|&i| g[i]).collect());
-        Ok(Self { lm, windows: ordered, groups, objective, options, evaluators: Mutex::new(BTreeMap::new()) })
+        Ok(Self { lm, windows: ordered, groups, objective, options, screen_options: None, evaluators: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// Evaluator settings for fidelities below the maximum (screening), e.g. with
+    /// `position_stride > 1`.
+    pub fn with_screen_options(mut self, options: EvaluatorOptions) -> Self {
+        self.screen_options = Some(options);
+        self
     }
 
     /// The model being pruned.
@@ -61,7 +72,11 @@ impl CalibrationFitness {
         if let Some(e) = map.get(&n) {
             return Ok(e.clone());
         }
-        let e = Arc::new(CalibrationEvaluator::new(self.lm.clone(), &self.windows[..n], self.options.clone())?);
+        let options = match &self.screen_options {
+            Some(o) if n < self.windows.len() => o.clone(),
+            _ => self.options.clone(),
+        };
+        let e = Arc::new(CalibrationEvaluator::new(self.lm.clone(), &self.windows[..n], options)?);
         map.insert(n, e.clone());
         Ok(e)
     }

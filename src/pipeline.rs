@@ -26,7 +26,8 @@ use evop_data::{
 };
 use evop_model::{BlockLm, BlockMask, EvaluatorOptions, ForwardCounts, LoadedModel};
 use evop_search::{
-    GaParams, GenerationReport, Mask, MaskSpace, Observer, OnePlusLambdaParams, Search, StopReason, Termination,
+    Fidelity, Fitness, GaParams, GenerationReport, Mask, MaskSpace, Observer, OnePlusLambdaParams, Screen, Search,
+    StopReason, Termination,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -107,6 +108,28 @@ pub struct SearchSpec {
     pub protect_ends: bool,
     /// Masks (lists of removed blocks) placed in the initial population, e.g. a baseline's answer.
     pub seed_masks: Vec<Vec<usize>>,
+    /// Screen candidates on a subset of the calibration data (approximate; `None`, the default,
+    /// evaluates every candidate on everything).
+    #[serde(default)]
+    pub screening: Option<Screening>,
+}
+
+/// Screening: a cheaper, approximate search. Candidates are ranked on the first `windows`
+/// calibration windows (cluster-balanced, see [`CalibrationFitness`]), with the loss over every
+/// `position_stride`-th predicted position; full fidelity (every window and position) decides
+/// among the `finalists`.
+/// - GA: every evaluation of the search is screened; the `finalists` best distinct masks of the
+///   final population are then evaluated at full fidelity and the best of them is the answer.
+/// - (1+lambda): EvoPress's multi-step selection: each generation's offspring are screened and the
+///   `finalists` best are evaluated at full fidelity (the parent is always a full-fidelity value).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Screening {
+    /// Calibration windows used to screen (fewer than the calibration set has).
+    pub windows: usize,
+    /// Loss over every `position_stride`-th predicted position when screening (1: all).
+    pub position_stride: usize,
+    /// Candidates evaluated at full fidelity (GA: at the end; (1+lambda): per generation).
+    pub finalists: usize,
 }
 
 impl Default for SearchSpec {
@@ -122,6 +145,7 @@ impl Default for SearchSpec {
             budget: None,
             protect_ends: true,
             seed_masks: Vec::new(),
+            screening: None,
         }
     }
 }
@@ -322,7 +346,17 @@ impl SearchJob {
     pub fn run(mut self, lm: Arc<dyn BlockLm>, windows: &[Vec<u32>], groups: Option<&[usize]>) -> Result<PruneReport> {
         let start = Instant::now();
         let l = lm.num_blocks();
-        let fitness = CalibrationFitness::new(lm, windows, groups, self.objective, self.evaluator.clone())?;
+        let mut fitness = CalibrationFitness::new(lm, windows, groups, self.objective, self.evaluator.clone())?;
+        let screening = self.search.screening.clone();
+        if let Some(sc) = &screening {
+            if sc.windows == 0 || sc.windows >= windows.len() {
+                return Err(EvopError::config("screening.windows", sc.windows, format!("must be between 1 and {} (fewer than the calibration windows)", windows.len().saturating_sub(1))));
+            }
+            if sc.finalists == 0 {
+                return Err(EvopError::config("screening.finalists", 0, "at least one finalist"));
+            }
+            fitness = fitness.with_screen_options(EvaluatorOptions { position_stride: sc.position_stride.max(1), ..self.evaluator.clone() });
+        }
         let protected: Vec<usize> = if self.search.protect_ends { vec![0, l - 1] } else { vec![] };
         let space = MaskSpace::new(l, self.remove, protected)?;
         let seeds = self
@@ -334,11 +368,34 @@ impl SearchJob {
         let outcome = match self.search.strategy {
             StrategyKind::Ga => {
                 let ga = GaParams::new().population(self.search.population).check()?;
-                self.configure(Search::new(space, ga), seeds).run(&fitness)?
+                match &screening {
+                    None => self.configure(Search::new(space, ga), seeds).run(&fitness)?,
+                    Some(sc) => {
+                        let screened = AtFidelity { inner: &fitness, fidelity: Fidelity(sc.windows as u64) };
+                        let mut outcome = self.configure(Search::new(space, ga), seeds).run(&screened)?;
+                        // The final population is sorted best first (screened values).
+                        let mut finalists: Vec<Mask> = Vec::new();
+                        for m in &outcome.population {
+                            if finalists.len() < sc.finalists && !finalists.contains(m) {
+                                finalists.push(m.clone());
+                            }
+                        }
+                        let values = fitness.evaluate(&finalists, fitness.max_fidelity())?;
+                        let cost = |v: f64| evop_search::Direction::Minimize.cost(v);
+                        let best = (0..values.len()).min_by(|&a, &b| cost(values[a]).total_cmp(&cost(values[b]))).expect("at least one finalist");
+                        outcome.best = finalists[best].clone();
+                        outcome.best_value = values[best];
+                        outcome.evaluations += finalists.len() as u64;
+                        outcome
+                    }
+                }
             }
             StrategyKind::OnePlusLambda => {
-                let es = OnePlusLambdaParams::new().lambda(self.search.population).check()?;
-                self.configure(Search::new(space, es), seeds).run(&fitness)?
+                let mut es = OnePlusLambdaParams::new().lambda(self.search.population);
+                if let Some(sc) = &screening {
+                    es = es.screening([Screen { fidelity: Fidelity(sc.windows as u64), survivors: sc.finalists }]);
+                }
+                self.configure(Search::new(space, es.check()?), seeds).run(&fitness)?
             }
         };
         let mask = CalibrationFitness::block_mask(&outcome.best);
@@ -420,6 +477,22 @@ pub fn build_calibration(model: &LoadedModel, pool: &Corpus, spec: &CalibrationS
     };
     let name = format!("{}/calibration", pool.name);
     Ok(CalibrationSet::build(&windows, spec.windows, sampler.as_ref(), wopts, name)?)
+}
+
+/// A fitness seen at a lower full fidelity: a search run on it evaluates everything at `fidelity`.
+struct AtFidelity<'f> {
+    inner: &'f CalibrationFitness,
+    fidelity: Fidelity,
+}
+
+impl Fitness for AtFidelity<'_> {
+    type Error = evop_model::ModelError;
+    fn evaluate(&self, masks: &[Mask], fidelity: Fidelity) -> std::result::Result<Vec<f64>, Self::Error> {
+        self.inner.evaluate(masks, fidelity.min(self.fidelity))
+    }
+    fn max_fidelity(&self) -> Fidelity {
+        self.fidelity
+    }
 }
 
 /// Forwards to a boxed observer (the search takes observers by value).
