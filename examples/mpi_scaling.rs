@@ -72,8 +72,20 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let (universe, _) = evop_mpi::mpi::rsmpi::initialize_with_threading(evop_mpi::mpi::rsmpi::Threading::Funneled).context("initialising MPI")?;
     let world = universe.world();
+    let result = run(&args, &world);
+    if let Err(e) = &result {
+        if world.size() > 1 {
+            // The other ranks may wait in a collective: end the job rather than hang in MPI_Finalize.
+            eprintln!("rank {}: {e:#}", world.rank());
+            world.abort(1);
+        }
+    }
+    result
+}
+
+fn run(args: &Args, world: &evop_mpi::mpi::rsmpi::topology::SimpleCommunicator) -> Result<()> {
     let (rank, size) = (world.rank(), world.size() as usize);
-    let local_rank = node_local_rank(&world)?;
+    let local_rank = node_local_rank(world)?;
     let (gpus, why) = evop_mpi::visible_gpus();
     let device_name = evop_mpi::device_for_rank(&args.device, local_rank, gpus, &why)?;
     let dtype = evop::model::parse_dtype(&args.dtype)?;
@@ -96,7 +108,7 @@ fn main() -> Result<()> {
         let ids: Vec<u32> = (0..args.windows * args.seqlen).map(|_| rand::Rng::random_range(&mut rng, 0..vocab as u32)).collect();
         ids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()
     });
-    let bytes = broadcast_bytes(&world, ROOT, drawn.as_deref());
+    let bytes = broadcast_bytes(world, ROOT, drawn.as_deref());
     let broadcast_s = t.elapsed().as_secs_f64();
     let ids: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let windows: Vec<Vec<u32>> = ids.chunks(args.seqlen).map(<[u32]>::to_vec).collect();
@@ -110,12 +122,12 @@ fn main() -> Result<()> {
         .or_else(|_| Mask::from_removed(&space, &(1..=args.remove).collect::<Vec<_>>()))?;
     fitness.evaluate(&[warm], fitness.max_fidelity())?;
     let setup_s = t.elapsed().as_secs_f64();
-    let loads = gather_to_root(&world, ROOT, &[load_s, setup_s]);
+    let loads = gather_to_root(world, ROOT, &[load_s, setup_s]);
 
     if rank != ROOT {
-        let worker = MpiWorker::new(&world)?;
+        let worker = MpiWorker::new(world)?;
         let served = evop_mpi::serve(&worker, &fitness, Backoff::WORKER)?;
-        gather_to_root(&world, ROOT, &[served.masks as f64, served.busy_seconds]);
+        gather_to_root(world, ROOT, &[served.masks as f64, served.busy_seconds]);
         return Ok(());
     }
 
@@ -125,19 +137,19 @@ fn main() -> Result<()> {
     let mut batches: Vec<Vec<Mask>> = Vec::new();
     for _ in 0..args.reps.max(1) {
         let mut b = Vec::new();
+        if (seen.len() + args.candidates) as u128 > space.size() {
+            bail!("the space of {} masks is too small for {} x {} distinct candidates", space.size(), args.reps, args.candidates);
+        }
         while b.len() < args.candidates {
             let m = space.sample(&mut rng);
             if seen.insert(m.clone()) {
                 b.push(m);
             }
-            if seen.len() as u128 >= space.size() {
-                bail!("the space of {} masks is too small for {} x {} distinct candidates", space.size(), args.reps, args.candidates);
-            }
         }
         batches.push(b);
     }
     let full = fitness.max_fidelity();
-    let queue = QueueFitness::new(MpiRoot::new(&world)?, fitness).chunk(args.chunk);
+    let queue = QueueFitness::new(MpiRoot::new(world)?, fitness).chunk(args.chunk);
     let mut times = Vec::new();
     let mut values = Vec::new();
     for b in &batches {
@@ -147,7 +159,7 @@ fn main() -> Result<()> {
     }
     let stats = queue.stats();
     queue.shutdown()?;
-    let served = gather_to_root(&world, ROOT, &[0.0, 0.0]).expect("root");
+    let served = gather_to_root(world, ROOT, &[0.0, 0.0]).expect("root");
 
     // One rank: the single-process path, the whole batch in one call.
     let direct = if size == 1 {

@@ -16,8 +16,9 @@
 //! 4. the queue's communicators (collective), serving, stop;
 //! 5. gather: each rank's forward counts, summed into the report.
 //!
-//! A worker that cannot load the model or build its fitness aborts the job (MPI_Abort); a rank that
-//! dies ends the job (MPI's default). The search's per-generation checkpoint (`<out>/checkpoint.json`)
+//! A rank that fails outside the command's own result (a worker that cannot load the model or build
+//! its fitness, a broken broadcast) prints its error and aborts the job (MPI_Abort), since the others
+//! may be waiting in a collective; a rank that dies ends the job (MPI's default). The search's per-generation checkpoint (`<out>/checkpoint.json`)
 //! and `--resume` then continue on whatever ranks are started next, with the same result: the search
 //! runs on rank 0 alone and the values do not depend on which rank computed them.
 //!
@@ -79,7 +80,7 @@ fn rank_device(model: &ModelArgs, local_rank: usize) -> Result<String> {
 }
 
 /// `evop prune` under a launcher with more than one rank; otherwise exactly `prune::run`.
-pub fn prune(mut args: crate::prune::Args) -> Result<()> {
+pub fn prune(args: crate::prune::Args) -> Result<()> {
     if !evop_mpi::launched_by_mpi()? {
         return crate::prune::run(args);
     }
@@ -90,53 +91,62 @@ pub fn prune(mut args: crate::prune::Args) -> Result<()> {
         return crate::prune::run(args);
     }
     let rank = world.rank();
-    let local_rank = node_local_rank(&world)?;
     if args.method != "evop" {
-        // Every rank sees the same arguments and stops here alike.
+        // Every rank sees the same arguments; rank 0 reports, the others leave quietly.
         if rank == ROOT {
             bail!("--method {}: only the EvoP search runs across MPI ranks; run baselines without mpirun", args.method);
         }
-        std::process::exit(1);
+        return Ok(());
     }
-    if rank != ROOT {
-        return worker(&args, &world, local_rank);
+    // Errors of the outer `Result` leave other ranks waiting in a collective: end the job. The
+    // inner one is the command's own result, returned once every rank is released.
+    let outcome = if rank == ROOT { root(args, world) } else { worker(&args, &world).map(Ok) };
+    match outcome {
+        Ok(result) => {
+            drop(universe);
+            result
+        }
+        Err(e) => {
+            eprintln!("evop: rank {rank}: {e:#}");
+            universe.world().abort(1)
+        }
     }
+}
 
-    // Rank 0: resolve the model once (fetching the default if missing), tell the workers, then run
-    // the command as a single process would, with `run_method` below spreading the search.
+/// Rank 0: resolve the model once (fetching the default if missing), tell the workers, then run the
+/// command as a single process would, with [`run_method`] spreading the search.
+fn root(mut args: crate::prune::Args, world: SimpleCommunicator) -> Result<Result<()>> {
+    let local_rank = node_local_rank(&world)?;
     let device = rank_device(&args.exp.model, local_rank);
     let path = match &args.exp.model.model {
         Some(p) => Ok(p.clone()),
         None => evop::assets::AssetStore::from_env().smollm2_gguf().context("fetching the default model"),
     };
-    let start = match (&path, &device) {
-        (Ok(p), Ok(_)) => Start::Model { path: p.clone() },
-        (Err(e), _) | (_, Err(e)) => Start::Failed { error: format!("{e:#}") },
+    let (path, device) = match (path, device) {
+        (Ok(p), Ok(d)) => (p, d),
+        (Err(e), _) | (_, Err(e)) => {
+            bcast_json(&world, Some(&Start::Failed { error: format!("{e:#}") }))?;
+            return Ok(Err(e));
+        }
     };
-    bcast_json(&world, Some(&start))?;
-    args.exp.model.model = Some(path?);
-    args.exp.model.device = device?;
+    bcast_json(&world, Some(&Start::Model { path: path.clone() }))?;
+    args.exp.model.model = Some(path);
+    args.exp.model.device = device;
     eprintln!("evop: {} MPI ranks; rank 0 on {}", world.size(), args.exp.model.device);
     ROOT_STATE.with(|s| *s.borrow_mut() = Some(RootState { world, job_sent: false }));
     let result = crate::prune::run(args);
     let state = ROOT_STATE.with(|s| s.borrow_mut().take()).expect("root state is set");
     if !state.job_sent {
-        // Rank 0 ended before its search (an error, or nothing to search): release the workers.
+        // Rank 0 ended before its search (an error, or an interrupted setup): release the workers.
         bcast_json(&state.world, Some(&Job::None))?;
     }
-    drop(state);
-    drop(universe);
-    result
-}
-
-fn abort(world: &SimpleCommunicator, rank: i32, what: &str, e: &anyhow::Error) -> ! {
-    eprintln!("evop: rank {rank}: {what}: {e:#}");
-    world.abort(1)
+    Ok(result)
 }
 
 /// A worker rank: load the model, wait for the job, serve masks until rank 0 says stop.
-fn worker(args: &crate::prune::Args, world: &SimpleCommunicator, local_rank: usize) -> Result<()> {
+fn worker(args: &crate::prune::Args, world: &SimpleCommunicator) -> Result<()> {
     let rank = world.rank();
+    let local_rank = node_local_rank(world)?;
     let path = match bcast_json::<Start>(world, None)? {
         Start::Model { path } => path,
         // Rank 0 reports its own error and exits non-zero.
@@ -148,7 +158,7 @@ fn worker(args: &crate::prune::Args, world: &SimpleCommunicator, local_rank: usi
         model_args.device = d;
         model_args.load()
     });
-    let model = loaded.unwrap_or_else(|e| abort(world, rank, "loading the model", &e));
+    let model = loaded.context("loading the model")?;
     tracing::info!(rank, device = %model_args.device, "model loaded");
     let Job::Search { windows, groups, objective, loss, batch_size } = bcast_json::<Job>(world, None)? else {
         return Ok(());
@@ -156,7 +166,7 @@ fn worker(args: &crate::prune::Args, world: &SimpleCommunicator, local_rank: usi
     let transport = MpiWorker::new(world)?;
     let options = EvaluatorOptions { batch_size, loss, ..Default::default() };
     let fitness = CalibrationFitness::new(model.lm.clone(), &windows, groups.as_deref(), objective, options)
-        .unwrap_or_else(|e| abort(world, rank, "building the calibration evaluator", &e.into()));
+        .context("building the calibration evaluator")?;
     let served = evop_mpi::serve(&transport, &fitness, Backoff::WORKER)?;
     tracing::info!(rank, tasks = served.tasks, masks = served.masks, busy_s = served.busy_seconds, "worker done");
     let c = fitness.counts();

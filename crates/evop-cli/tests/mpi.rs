@@ -179,7 +179,7 @@ fn wait_or_kill(mut child: Child, limit: Duration) -> std::process::ExitStatus {
         }
         if t.elapsed() > limit {
             let _ = child.kill();
-            panic!("mpirun did not end within {limit:?} after a rank was killed");
+            panic!("mpirun did not end within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -222,4 +222,27 @@ fn a_killed_rank_ends_the_job_and_resume_finishes_on_the_same_mask() {
     assert_eq!(ha, hb, "and with its history");
     assert_eq!(db["ranks"], 2);
     println!("killed rank 2 after generation {killed_at}; resumed from generation {left} on 2 ranks; final mask {b:?}");
+}
+
+#[test]
+fn bad_input_under_mpirun_ends_the_job_with_the_error() {
+    let fx = fixture();
+    // Output to a file and a bounded wait: a hang fails the test instead of stalling it.
+    let log = fx.root.join("log.txt");
+    let run = |args: Vec<String>| -> (bool, String) {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = mpirun(2, &args).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+        let status = wait_or_kill(child, Duration::from_secs(60));
+        (status.success(), std::fs::read_to_string(&log).unwrap())
+    };
+    let mut baseline = prune_args(&fx, &fx.root.join("sleb"), 2);
+    baseline.extend(["--method".into(), "sleb".into()]);
+    let (ok, text) = run(baseline);
+    assert!(!ok && text.contains("--method sleb: only the EvoP search runs across MPI ranks"), "{text}");
+
+    let mut missing = prune_args(&fx, &fx.root.join("missing"), 2);
+    let i = missing.iter().position(|a| a == "--model").unwrap();
+    missing[i + 1] = fx.root.join("no-such-model").display().to_string();
+    let (ok, text) = run(missing);
+    assert!(!ok && text.contains("no-such-model"), "{text}");
 }
