@@ -17,7 +17,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use evop::model::{load, EvaluatorOptions, LoadOptions};
-use evop::search::{Fidelity, Fitness, Mask, MaskSpace};
+use evop::search::{Fitness, Mask, MaskSpace};
 use evop::{CalibrationFitness, Objective};
 use evop_mpi::mpi::rsmpi::traits::*;
 use evop_mpi::mpi::{broadcast_bytes, gather_to_root, node_local_rank, MpiRoot, MpiWorker, ROOT};
