@@ -212,14 +212,20 @@ impl BlockLm for Llama {
         let b = &self.blocks[index];
         let stage = self.block_stage[index];
         let device = &self.devices[stage];
+        // Under pipeline placement the hidden state and the mask may live on another stage.
         let (moved, moved_ctx);
-        let (hidden, ctx) = if hidden.device().same_device(device) {
-            (hidden, ctx)
+        let hidden = if hidden.device().same_device(device) {
+            hidden
         } else {
             moved = hidden.to_device(device)?;
-            let mask = ctx.mask.as_ref().map(|m| m.to_device(device)).transpose()?;
-            moved_ctx = AttnContext { mask, ..ctx.clone() };
-            (&moved, &moved_ctx)
+            &moved
+        };
+        let ctx = match &ctx.mask {
+            Some(m) if !m.device().same_device(device) => {
+                moved_ctx = AttnContext { mask: Some(m.to_device(device)?), ..ctx.clone() };
+                &moved_ctx
+            }
+            _ => ctx,
         };
         let x = (hidden + b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary[stage], ctx, cache)?)?;
         let n = b.post_attn_norm.forward(&x)?;

@@ -163,18 +163,12 @@ mod tests {
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
-    /// A contiguous `(in, out)` copy of the weight, kept for f32 on CUDA, where cuBLAS was
-    /// measured to be pathologically slow on the transposed view (docs/gpu.md).
-    weight_t: Option<Tensor>,
 }
 
 impl Linear {
     /// `weight` is `(out, in)` as in PyTorch; `bias` is `(out,)`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        let weight_t = (weight.device().is_cuda() && weight.dtype() == candle_core::DType::F32)
-            .then(|| weight.t().and_then(|t| t.contiguous()).ok())
-            .flatten();
-        Self { weight, bias, weight_t }
+        Self { weight, bias }
     }
 
     /// The `(out, in)` weight.
@@ -195,10 +189,7 @@ impl candle_core::Module for Linear {
         let inner = dims[dims.len() - 1];
         let rows = xs.elem_count() / inner.max(1);
         let flat = xs.reshape((rows, inner))?;
-        let mut out = match &self.weight_t {
-            Some(wt) => flat.matmul(wt)?,
-            None => flat.matmul(&self.weight.t()?)?,
-        };
+        let mut out = flat.matmul(&self.weight.t()?)?;
         if let Some(b) = &self.bias {
             out = out.broadcast_add(b)?;
         }

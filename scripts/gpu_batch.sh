@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/gpu.md and docs/results.md, run on a machine with NVIDIA H200s
+# (4 GPUs for every phase but `tests`), from binaries built here by scripts/build_cuda.sh and
+# packed as gzip files into .cache/gpubin/. Results go to $OUT (default out/gpu).
+#
+#   scripts/gpu_batch.sh 7b      # Llama-2-7B-shaped throughput (evop vs PyTorch), placement, replicas
+#   scripts/gpu_batch.sh mpi     # the MPI evaluator with 1, 2 and 4 ranks
+#   scripts/gpu_batch.sh tests   # device-parametrised test binaries on cuda (needs the SmolLM2 GGUF)
+#   scripts/gpu_batch.sh study   # the calibration/objective study, 4 processes per GPU
+#
+# The SmolLM2 GGUF travels in parts (.cache/xfer3/gguf.part*) and is joined into the asset cache
+# layout under .cache/devcache (EVOP_CACHE_DIR), with the stamps copied from ~/.cache/evop.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-out/gpu}"
+mkdir -p "$OUT"
+BIN=/tmp/evop-bin
+mkdir -p "$BIN"
+for gz in .cache/gpubin/*.gz; do
+  [ -e "$gz" ] || continue
+  b="$BIN/$(basename "$gz" .gz)"
+  [ -x "$b" ] || { gunzip -c "$gz" > "$b" && chmod +x "$b"; }
+done
+export EVOP_CACHE_DIR="$PWD/.cache/devcache" NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+gguf="$EVOP_CACHE_DIR/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -s "$gguf" ] && [ -e .cache/xfer3/gguf.partac ]; then
+  cat .cache/xfer3/gguf.part* > "$gguf"
+fi
+log="$OUT/log.txt"
+say() { echo "== $*" | tee -a "$log"; }
+
+case "${1:-}" in
+7b)
+  nvidia-smi -L | tee -a "$log"
+  say "PyTorch eager, Llama-2-7B shape, bf16, cuda:0"
+  CUDA_VISIBLE_DEVICES=0 python3 scripts/torch_pruned_throughput.py --json "$OUT/torch_7b.json" 2>&1 | grep -v Warning | tee -a "$log"
+  say "evop, same shapes, cuda:0"
+  "$BIN/pruned_throughput" --devices cuda:0 --json "$OUT/evop_7b.json" 2>&1 | tee -a "$log"
+  say "evop, blocks split over cuda:0 and cuda:1 (pipeline placement), checked against cuda:2"
+  "$BIN/pruned_throughput" --devices cuda:0,cuda:1 --check-against cuda:2 --reps 3 --json "$OUT/evop_7b_placed.json" 2>&1 | tee -a "$log"
+  say "evop, one replica per GPU"
+  "$BIN/multi_device" --devices cuda:0,cuda:1,cuda:2,cuda:3 --json "$OUT/multi_device.json" 2>&1 | tee -a "$log"
+  for dt in f32 bf16; do
+    say "SmolLM2-shaped model in $dt (the f32 LM head check)"
+    "$BIN/pruned_throughput" --model synthetic:smollm2-135m --devices cuda:0 --dtype "$dt" --prompt-batch 8 --prompt-len 128 \
+      --gen-batch 8 --new-tokens 32 --reps 3 --json "$OUT/smollm2_$dt.json" 2>&1 | tee -a "$log"
+  done
+  ;;
+mpi)
+  # Candidate evaluations per second through the MPI work queue with 1, 2 and 4 ranks (one GPU
+  # each), with Open MPI's runtime packed by scripts/mpi_pack.sh.
+  # shellcheck disable=SC1091
+  source .cache/mpirt/env.sh
+  for n in 1 2 4; do
+    say "mpi_scaling, $n ranks"
+    mpirun --allow-run-as-root --oversubscribe -np "$n" --mca btl self,vader,tcp --mca btl_vader_single_copy_mechanism none \
+      -x EVOP_CACHE_DIR -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH \
+      "$BIN/mpi_scaling" --json "$OUT/mpi_$n.json" 2>&1 | tail -n 40 | tee -a "$log"
+  done
+  ;;
+tests)
+  # Test binaries find their fixtures under the path they were built in.
+  [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+  for t in "$BIN"/test-*; do
+    say "$(basename "$t") on cuda"
+    EVOP_TEST_DEVICE=cuda "$t" --test-threads 1 2>&1 | tail -n 25 | tee -a "$log"
+  done
+  ;;
+study)
+  # One process per (budget, seed), four per GPU; rows stream to $OUT/*.rows.jsonl, so a
+  # process stopped by the time limit keeps what it finished.
+  limit="${STUDY_LIMIT_S:-500}"
+  common=(--device cuda --dtype bf16 --eval-windows 0 --topic-windows 16 --calib-cache .cache/calib
+          --exhaustive-ns 3)
+  ga="--population 32 --generations 30 --stalled 8"
+  all="sleb,evop-ccds,evop-ccds:balanced,sleb-ccds,evop-random,evop1l-ccds,greedy-ccds:balanced,evop-ccds:kl,evop-ccds:cvar:0.25"
+  mid="sleb,evop-ccds,evop-ccds:balanced,sleb-ccds,evop-random,evop1l-ccds,greedy-ccds:balanced,evop-ccds:kl"
+  big="sleb,evop-ccds,sleb-ccds,evop-ccds:balanced"
+  jobs=()
+  for s in 0 1 2; do
+    jobs+=("b512-s$s|--calib-windows 4 --seqlen 128 --pool 512 --ns 3,6,9 --methods $all --seeds $s $ga")
+    jobs+=("b2k-s$s|--calib-windows 16 --seqlen 128 --pool 512 --ns 6,9 --methods $all --seeds $s $ga")
+    jobs+=("b8k-s$s|--calib-windows 64 --seqlen 128 --pool 512 --ns 6,9 --methods $mid --seeds $s $ga")
+    jobs+=("b32k-s$s|--calib-windows 256 --seqlen 128 --pool 2048 --ns 6,9 --methods $big --seeds $s $ga")
+  done
+  jobs+=("hidden-b8k|--calib-windows 64 --seqlen 128 --pool 512 --ns 6,9 --methods evop-ccds,sleb-ccds --embedder hidden:12 --seeds 0,1,2 $ga")
+  jobs+=("paper-64x2048|--calib-windows 64 --seqlen 2048 --pool 256 --ns 6 --methods evop-ccds,sleb --seeds 0 --population 16 --generations 10 --stalled 5")
+  mkdir -p "$OUT/study"
+  i=0
+  for j in "${jobs[@]}"; do
+    name="${j%%|*}"; args="${j#*|}"
+    gpu=$((i % 4)); i=$((i + 1))
+    # shellcheck disable=SC2086
+    CUDA_VISIBLE_DEVICES=$gpu RAYON_NUM_THREADS=4 timeout "$limit" "$BIN/study" "${common[@]}" $args \
+      --out "$OUT/study/$name" > "$OUT/study/$name.log" 2>&1 &
+  done
+  wait
+  cat "$OUT"/study/*.rows.jsonl > "$OUT/study_rows.jsonl" 2>/dev/null
+  tail -n 3 "$OUT"/study/*.log > "$OUT/study_logs.txt"
+  tar czf "$OUT/study.tgz" -C "$OUT" study && rm -rf "$OUT/study"
+  ;;
+*)
+  echo "usage: $0 7b|mpi|tests|study" >&2
+  exit 2
+  ;;
+esac
