@@ -72,6 +72,9 @@ pub enum QueueError {
     /// A worker answered a task it was not given.
     #[error("worker {peer} answered task {found}, it was given {expected}")]
     Protocol { peer: usize, expected: String, found: u64 },
+    /// A message from a peer the transport does not know.
+    #[error("message from unknown worker {peer} (the transport has {workers})")]
+    UnknownPeer { peer: usize, workers: usize },
     /// The root's evaluator thread panicked.
     #[error("the root's evaluator panicked")]
     Panicked,
@@ -434,7 +437,7 @@ impl<T: Transport, F: Fitness + Sync> QueueFitness<T, F> {
             traffic.1 += 8 * words.len() as u64;
             traffic.3 += 1;
             if peer >= workers {
-                batch.fail(QueueError::Protocol { peer, expected: "nothing (no such worker)".into(), found: 0 });
+                batch.fail(QueueError::UnknownPeer { peer, workers });
                 return;
             }
             let reply = match Reply::decode(tag, &words) {

@@ -228,3 +228,29 @@ fn searches_through_the_queue_follow_the_single_process_trajectory() {
         same_run(&e, &single_es);
     }
 }
+
+/// A transport whose only "worker" answers as peer 5.
+struct Misaddressed(std::cell::RefCell<Option<Vec<u64>>>);
+
+impl evop_mpi::Transport for Misaddressed {
+    type Error = std::convert::Infallible;
+    fn workers(&self) -> usize {
+        1
+    }
+    fn send(&self, _: usize, tag: i32, words: &[u64]) -> Result<(), Self::Error> {
+        if let Ok(Request::Task(t)) = Request::decode(tag, words) {
+            *self.0.borrow_mut() = Some(Reply::Values { id: t.id, values: vec![1.0; t.masks.len()], seconds: 0.0 }.encode().1);
+        }
+        Ok(())
+    }
+    fn try_recv(&self) -> Result<Option<evop_mpi::Incoming>, Self::Error> {
+        Ok(self.0.borrow_mut().take().map(|w| (5, evop_mpi::wire::TAG_VALUES, w)))
+    }
+}
+
+#[test]
+fn a_message_from_an_unknown_peer_is_an_error() {
+    let q = QueueFitness::new(Misaddressed(Default::default()), FnFitness(score)).root_evaluates(false);
+    let e = q.evaluate(&masks(2, 7), Fidelity::FULL).unwrap_err();
+    assert!(matches!(e, QueueError::UnknownPeer { peer: 5, workers: 1 }), "{e:?}");
+}
