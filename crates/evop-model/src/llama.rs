@@ -193,6 +193,14 @@ impl Attention {
     }
 }
 
+/// Copies `t` to another device. candle issues a CUDA-to-CUDA copy on the destination's stream
+/// without waiting for the source's, so the source device is synchronised first: otherwise the
+/// copy can read a hidden state its producer has not finished writing.
+fn move_to(t: &Tensor, device: &Device) -> candle_core::Result<Tensor> {
+    t.device().synchronize()?;
+    t.to_device(device)
+}
+
 impl BlockLm for Llama {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -217,12 +225,12 @@ impl BlockLm for Llama {
         let hidden = if hidden.device().same_device(device) {
             hidden
         } else {
-            moved = hidden.to_device(device)?;
+            moved = move_to(hidden, device)?;
             &moved
         };
         let ctx = match &ctx.mask {
             Some(m) if !m.device().same_device(device) => {
-                moved_ctx = AttnContext { mask: Some(m.to_device(device)?), ..ctx.clone() };
+                moved_ctx = AttnContext { mask: Some(move_to(m, device)?), ..ctx.clone() };
                 &moved_ctx
             }
             _ => ctx,
@@ -235,7 +243,7 @@ impl BlockLm for Llama {
 
     fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
         if !hidden.device().same_device(&self.devices[0]) {
-            return Ok(self.norm.forward(&hidden.to_device(&self.devices[0])?)?);
+            return Ok(self.norm.forward(&move_to(hidden, &self.devices[0])?)?);
         }
         Ok(self.norm.forward(hidden)?)
     }
