@@ -31,10 +31,11 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub clusters: Option<usize>,
     /// CCDS candidate windows embedded and clustered.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     pub pool: usize,
-    /// Calibration windows.
-    #[arg(long, default_value_t = 8)]
+    /// Calibration windows (default 4 x 128 tokens: the budget at which EvoP's defaults were
+    /// measured to beat SLEB, docs/results.md).
+    #[arg(long, default_value_t = 4)]
     pub calib_windows: usize,
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 128)]
@@ -44,16 +45,16 @@ pub struct ExperimentArgs {
     pub objective: Objective,
     /// EvoP's per-window loss: `nll` (next-token NLL) or `kl` (KL divergence to the dense model's
     /// next-token distributions, as EvoPress; keeps windows x seqlen x vocab floats in memory).
-    #[arg(long, default_value = "nll")]
+    #[arg(long, default_value = "kl")]
     pub loss: String,
     /// EvoP's strategy: ga (EPPS) or one-plus-lambda (EvoPress).
     #[arg(long, default_value = "ga")]
     pub strategy: String,
     /// GA population (or lambda for one-plus-lambda).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 16)]
     pub population: usize,
     /// Maximum generations.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 12)]
     pub generations: u64,
     /// Stop after this many generations without improvement (0: never).
     #[arg(long, default_value_t = 5)]
