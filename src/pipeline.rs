@@ -115,17 +115,22 @@ pub struct SearchSpec {
 }
 
 /// Screening: a cheaper, approximate search. Candidates are ranked on the first `windows`
-/// calibration windows (cluster-balanced, see [`CalibrationFitness`]), with the loss over every
-/// `position_stride`-th predicted position; full fidelity (every window and position) decides
-/// among the `finalists`.
+/// calibration windows (cluster-balanced, see [`CalibrationFitness`]), optionally on their first
+/// `tokens` tokens only (causal attention makes that the exact loss of the shortened windows, and
+/// blocks run on `tokens` positions), with the loss over every `position_stride`-th predicted
+/// position; full fidelity (every window, token and position) decides among the `finalists`.
 /// - GA: every evaluation of the search is screened; the `finalists` best distinct masks of the
 ///   final population are then evaluated at full fidelity and the best of them is the answer.
 /// - (1+lambda): EvoPress's multi-step selection: each generation's offspring are screened and the
 ///   `finalists` best are evaluated at full fidelity (the parent is always a full-fidelity value).
+///   `windows` must be fewer than the calibration set's and `tokens` is not supported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Screening {
-    /// Calibration windows used to screen (fewer than the calibration set has).
+    /// Calibration windows used to screen.
     pub windows: usize,
+    /// Leading tokens of each window used to screen (`None`: all).
+    #[serde(default)]
+    pub tokens: Option<usize>,
     /// Loss over every `position_stride`-th predicted position when screening (1: all).
     pub position_stride: usize,
     /// Candidates evaluated at full fidelity (GA: at the end; (1+lambda): per generation).
@@ -346,16 +351,35 @@ impl SearchJob {
     pub fn run(mut self, lm: Arc<dyn BlockLm>, windows: &[Vec<u32>], groups: Option<&[usize]>) -> Result<PruneReport> {
         let start = Instant::now();
         let l = lm.num_blocks();
-        let mut fitness = CalibrationFitness::new(lm, windows, groups, self.objective, self.evaluator.clone())?;
+        let mut fitness = CalibrationFitness::new(lm.clone(), windows, groups, self.objective, self.evaluator.clone())?;
         let screening = self.search.screening.clone();
+        let mut screen_fitness = None;
         if let Some(sc) = &screening {
-            if sc.windows == 0 || sc.windows >= windows.len() {
-                return Err(EvopError::config("screening.windows", sc.windows, format!("must be between 1 and {} (fewer than the calibration windows)", windows.len().saturating_sub(1))));
+            let seqlen = windows[0].len();
+            let tokens = sc.tokens.unwrap_or(seqlen);
+            let ga = self.search.strategy == StrategyKind::Ga;
+            let max_windows = if ga { windows.len() } else { windows.len() - 1 };
+            if sc.windows == 0 || sc.windows > max_windows {
+                return Err(EvopError::config("screening.windows", sc.windows, format!("must be between 1 and {max_windows}")));
+            }
+            if tokens < 2 || tokens > seqlen || (!ga && tokens != seqlen) {
+                return Err(EvopError::config("screening.tokens", tokens, format!("must be between 2 and the window length {seqlen} (GA only)")));
+            }
+            if sc.windows == windows.len() && tokens == seqlen && sc.position_stride <= 1 {
+                return Err(EvopError::config("screening", format!("{sc:?}"), "screens on everything: nothing is saved"));
             }
             if sc.finalists == 0 {
                 return Err(EvopError::config("screening.finalists", 0, "at least one finalist"));
             }
-            fitness = fitness.with_screen_options(EvaluatorOptions { position_stride: sc.position_stride.max(1), ..self.evaluator.clone() });
+            // Shortened windows: as many tokens per forward batch as at full length.
+            let batch_size = (self.evaluator.batch_size * seqlen / tokens).max(1);
+            let options = EvaluatorOptions { position_stride: sc.position_stride.max(1), batch_size, ..self.evaluator.clone() };
+            if ga {
+                let short: Vec<Vec<u32>> = windows.iter().map(|w| w[..tokens].to_vec()).collect();
+                screen_fitness = Some(CalibrationFitness::new(lm.clone(), &short, groups, self.objective, options)?);
+            } else {
+                fitness = fitness.with_screen_options(options);
+            }
         }
         let protected: Vec<usize> = if self.search.protect_ends { vec![0, l - 1] } else { vec![] };
         let space = MaskSpace::new(l, self.remove, protected)?;
@@ -371,7 +395,8 @@ impl SearchJob {
                 match &screening {
                     None => self.configure(Search::new(space, ga), seeds).run(&fitness)?,
                     Some(sc) => {
-                        let screened = AtFidelity { inner: &fitness, fidelity: Fidelity(sc.windows as u64) };
+                        let inner = screen_fitness.as_ref().expect("built for the GA");
+                        let screened = AtFidelity { inner, fidelity: Fidelity(sc.windows as u64) };
                         let mut outcome = self.configure(Search::new(space, ga), seeds).run(&screened)?;
                         // The final population is sorted best first (screened values).
                         let mut finalists: Vec<Mask> = Vec::new();
@@ -410,7 +435,17 @@ impl SearchJob {
             generations: outcome.generations,
             evaluations: outcome.evaluations,
             cache_hits: outcome.cache_hits,
-            counts: fitness.counts(),
+            counts: match &screen_fitness {
+                Some(sf) => {
+                    let (a, b) = (fitness.counts(), sf.counts());
+                    ForwardCounts {
+                        block_forwards: a.block_forwards + b.block_forwards,
+                        head_forwards: a.head_forwards + b.head_forwards,
+                        candidates: a.candidates + b.candidates,
+                    }
+                }
+                None => fitness.counts(),
+            },
             history: outcome.history,
             calibration_seconds: 0.0,
             search_seconds: start.elapsed().as_secs_f64(),

@@ -141,8 +141,13 @@ fn screened_searches_report_full_fidelity_values_and_check_their_settings() {
     let lm = model(13);
     let w = windows(4, 24, 7);
     let full = evop::CalibrationFitness::new(lm.clone(), &w, None, evop::Objective::MeanNll, EvaluatorOptions::default()).unwrap();
-    for strategy in [StrategyKind::Ga, StrategyKind::OnePlusLambda] {
-        let screening = Some(Screening { windows: 2, position_stride: 2, finalists: 3 });
+    let cases = [
+        (StrategyKind::Ga, Screening { windows: 2, tokens: None, position_stride: 2, finalists: 3 }),
+        (StrategyKind::Ga, Screening { windows: 4, tokens: Some(8), position_stride: 1, finalists: 3 }),
+        (StrategyKind::OnePlusLambda, Screening { windows: 2, tokens: None, position_stride: 2, finalists: 3 }),
+    ];
+    for (strategy, screening) in cases {
+        let screening = Some(screening);
         let job = SearchJob {
             search: SearchSpec { strategy, population: 8, generations: 4, stalled: None, screening, ..Default::default() },
             ..SearchJob::new(4, 1)
@@ -153,11 +158,21 @@ fn screened_searches_report_full_fidelity_values_and_check_their_settings() {
         let (value, _) = full.score_mask(&r.mask().unwrap()).unwrap();
         assert!(close(r.objective_value, value), "{strategy:?}: {} vs {value}", r.objective_value);
     }
-    for (windows, finalists) in [(0, 2), (4, 2), (2, 0)] {
-        let job = SearchJob {
-            search: SearchSpec { screening: Some(Screening { windows, position_stride: 1, finalists }), ..Default::default() },
-            ..SearchJob::new(4, 1)
-        };
-        assert!(job.run(lm.clone(), &w, None).is_err(), "windows {windows}, finalists {finalists}");
+    // Nothing screened away, no window, no finalist, too many windows, tokens out of range or
+    // with (1+lambda).
+    let bad = [
+        (StrategyKind::Ga, 4, None, 2),
+        (StrategyKind::Ga, 0, None, 2),
+        (StrategyKind::Ga, 2, None, 0),
+        (StrategyKind::Ga, 5, Some(8), 2),
+        (StrategyKind::Ga, 2, Some(1), 2),
+        (StrategyKind::Ga, 2, Some(25), 2),
+        (StrategyKind::OnePlusLambda, 4, None, 2),
+        (StrategyKind::OnePlusLambda, 2, Some(8), 2),
+    ];
+    for (strategy, windows, tokens, finalists) in bad {
+        let screening = Some(Screening { windows, tokens, position_stride: 1, finalists });
+        let job = SearchJob { search: SearchSpec { strategy, screening, ..Default::default() }, ..SearchJob::new(4, 1) };
+        assert!(job.run(lm.clone(), &w, None).is_err(), "{strategy:?} windows {windows}, tokens {tokens:?}, finalists {finalists}");
     }
 }
