@@ -10,8 +10,8 @@
 //! EVOP_BENCH_WINDOWS=2 EVOP_BENCH_SEQLEN=128 EVOP_BENCH_N=6 EVOP_BENCH_GENERATIONS=6 cargo bench --bench reuse   # the issue's setting (slow)
 //! ```
 //!
-//! Defaults (sized so a sample takes seconds on 2 CPU cores): 2 windows of 64 tokens, n = 4, GA
-//! population 12 and 3 generations. Calibration text: the Wikipedia leads of the calibration split
+//! Defaults (sized so the whole bench takes minutes on 2 shared CPU cores): 2 windows of 32
+//! tokens, n = 2, GA population 12 and 2 generations. Calibration text: the Wikipedia leads of the calibration split
 //! (as `examples/reuse.rs`), joined with "\n\n". Text: Wikipedia, CC BY-SA 4.0.
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode};
@@ -40,8 +40,8 @@ fn setup() -> Setup {
     let corpus = evop::data::read_wikipedia_leads(&store.wikipedia_leads().expect("fetch Wikipedia leads")).expect("read");
     let split = evop::data::SplitRule::default().split(&corpus).expect("split");
     let text: String = split.calibration.texts().iter().take(200).copied().collect::<Vec<_>>().join("\n\n");
-    let (count, seqlen, n) = (env_usize("EVOP_BENCH_WINDOWS", 2), env_usize("EVOP_BENCH_SEQLEN", 64), env_usize("EVOP_BENCH_N", 4));
-    let generations = env_usize("EVOP_BENCH_GENERATIONS", 3) as u64;
+    let (count, seqlen, n) = (env_usize("EVOP_BENCH_WINDOWS", 2), env_usize("EVOP_BENCH_SEQLEN", 32), env_usize("EVOP_BENCH_N", 2));
+    let generations = env_usize("EVOP_BENCH_GENERATIONS", 2) as u64;
     let mut windows = cut_windows(&encode(model.tokenizer().unwrap(), &text).unwrap(), seqlen);
     windows.truncate(count);
     assert_eq!(windows.len(), count, "not enough calibration text");
