@@ -103,6 +103,13 @@ struct Args {
     /// Items per zero-shot task (seeded subset).
     #[arg(long, default_value_t = 200)]
     task_limit: usize,
+    /// Folder of calibration sets: each set is loaded from it when present, otherwise built and
+    /// saved there (so sets embedded with MiniLM on one machine can be reused on another).
+    #[arg(long)]
+    calib_cache: Option<PathBuf>,
+    /// Only build (and cache) the calibration sets, then stop.
+    #[arg(long)]
+    prepare_only: bool,
     /// Output stem: writes STEM.md and STEM.json.
     #[arg(long, default_value = "study")]
     out: PathBuf,
@@ -131,6 +138,32 @@ struct Row {
     /// Zero-shot accuracy per task.
     #[serde(default)]
     zero_shot: BTreeMap<String, f64>,
+}
+
+/// The calibration set of `spec` and `seed`: from `--calib-cache` when there, else built (and
+/// saved there when the folder is given).
+fn cached_calibration(
+    args: &Args,
+    model: &evop::model::LoadedModel,
+    pool: &evop::data::Corpus,
+    spec: &CalibrationSpec,
+    sampler: &str,
+    seed: u64,
+) -> Result<evop::data::CalibrationSet> {
+    let k = args.clusters.map_or("auto".to_string(), |k| k.to_string());
+    let name = format!("{sampler}-k{k}-pool{}-{}x{}-seed{seed}.json", args.pool, spec.windows, spec.seqlen);
+    let path = args.calib_cache.as_ref().map(|d| d.join(&name));
+    if let Some(p) = path.as_ref().filter(|p| p.is_file()) {
+        return Ok(evop::data::CalibrationSet::load(p)?);
+    }
+    let t = Instant::now();
+    let set = build_calibration(model, pool, spec, seed)?;
+    eprintln!("calibration {name}: built in {:.1}s", t.elapsed().as_secs_f64());
+    if let Some(p) = path {
+        std::fs::create_dir_all(p.parent().expect("has a folder"))?;
+        set.save(&p)?;
+    }
+    Ok(set)
 }
 
 /// SLEB's greedy search run on any objective: each step removes the block whose removal gives the
@@ -195,6 +228,15 @@ fn main() -> Result<()> {
         let opts = evop::eval::EvalOptions { limit: Some(args.task_limit), batch_size: args.batch_size, ..Default::default() };
         tasks.push((name.clone(), task, opts));
     }
+    if args.prepare_only {
+        for &seed in &args.seeds {
+            let random_spec = CalibrationSpec { windows: args.calib_windows, seqlen: args.seqlen, sampler: SamplerKind::Random };
+            cached_calibration(&args, &model, &split.calibration, &random_spec, "random", seed)?;
+            let ccds_spec = CalibrationSpec { sampler: SamplerKind::Ccds { embedder: embedder.clone(), k: args.clusters, pool: args.pool }, ..random_spec };
+            cached_calibration(&args, &model, &split.calibration, &ccds_spec, &format!("ccds-{}", args.embedder.replace(':', "")), seed)?;
+        }
+        return Ok(());
+    }
     let mut token_cache = evop::eval::TokenCache::new();
     let t0 = Instant::now();
     let dense = evaluate(lm.as_ref(), &eval, &BlockMask::dense(l), args.batch_size)?;
@@ -206,9 +248,14 @@ fn main() -> Result<()> {
             sampler: SamplerKind::Ccds { embedder: embedder.clone(), k: args.clusters, pool: args.pool },
             ..random_spec.clone()
         };
-        let calib_random = build_calibration(&model, &split.calibration, &random_spec, seed)?;
+        let calib_random = cached_calibration(&args, &model, &split.calibration, &random_spec, "random", seed)?;
         let needs_ccds = args.methods.iter().any(|m| m.contains("ccds"));
-        let calib_ccds = if needs_ccds { Some(build_calibration(&model, &split.calibration, &ccds_spec, seed)?) } else { None };
+        let calib_ccds = if needs_ccds {
+            Some(cached_calibration(&args, &model, &split.calibration, &ccds_spec, &format!("ccds-{}", args.embedder.replace(':', "")), seed)?)
+        } else {
+            None
+        };
+
         let random_windows = calib_random.token_windows();
         let sleb_eval = CalibrationEvaluator::new(lm.clone(), &random_windows, evopts.clone())?;
         for &n in &args.ns {
