@@ -2,8 +2,14 @@
 //! for windows of 128 and 512 tokens at batch 1 and 8, plus the parts (an f32 matmul's GFLOP/s,
 //! one block, the head). Prints a Markdown table; `--json` writes the figures.
 //!
+//! `--profile SEQxBATCH` instead times one Llama/Mistral block op by op on the model's own
+//! weights (block `--profile-block`): norms, projections, rotary embedding, every step of the
+//! tensor-op attention (`numerics::attention_reference`) and the attention as dispatched
+//! (`numerics::attention`, the fused CPU kernel for f32), the MLP activation, residual adds.
+//!
 //! ```text
 //! cargo run --release --example forward_throughput
+//! cargo run --release --example forward_throughput -- --profile 512x8 --reps 5
 //! python3 scripts/torch_forward.py   # the PyTorch reference on the same windows
 //! ```
 use anyhow::Result;
@@ -32,6 +38,17 @@ struct Args {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Instead of the throughput table: the per-op breakdown of one block at this SEQxBATCH.
+    #[arg(long)]
+    profile: Option<String>,
+    /// The block that `--profile` times.
+    #[arg(long, default_value_t = 10)]
+    profile_block: usize,
+}
+
+fn parse_shape(shape: &str) -> Result<(usize, usize)> {
+    let (s, b) = shape.split_once('x').ok_or_else(|| anyhow::anyhow!("bad shape `{shape}` (want SEQxBATCH)"))?;
+    Ok((s.parse()?, b.parse()?))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -59,12 +76,12 @@ fn main() -> Result<()> {
         None => evop::assets::AssetStore::from_env().smollm2_gguf()?,
     };
     let model = load(&path, &LoadOptions { dtype, device: device.clone() })?;
+    if let Some(shape) = &args.profile {
+        let (s, b) = parse_shape(shape)?;
+        return profile_block(&model, args.profile_block, s, b, args.reps);
+    }
     let lm: &dyn BlockLm = model.lm.as_ref();
     let info = lm.info().clone();
-    let sync = |t: &Tensor| -> Result<()> {
-        t.flatten_all()?.narrow(0, 0, 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        Ok(())
-    };
 
     // Matmul throughput of the backend at the shape of a (batch 8 x 128)-token FFN projection.
     let (m, k, n) = (1024usize, 576usize, 1536usize);
@@ -88,8 +105,7 @@ fn main() -> Result<()> {
     println!("|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for shape in &args.shapes {
-        let (s, bsz) = shape.split_once('x').ok_or_else(|| anyhow::anyhow!("bad shape `{shape}`"))?;
-        let (s, bsz): (usize, usize) = (s.parse()?, bsz.parse()?);
+        let (s, bsz) = parse_shape(shape)?;
         let ids: Vec<u32> = (0..s * bsz).map(|i| ((i * 7919) % 40000 + 100) as u32).collect();
         let ids = Tensor::from_vec(ids, (bsz, s), &device)?;
         let t_fwd = time(args.reps, || sync(&forward(lm, &ids)?))?;
@@ -105,5 +121,138 @@ fn main() -> Result<()> {
         std::fs::write(p, serde_json::to_string_pretty(&serde_json::json!({"device": args.device, "dtype": args.dtype, "rows": rows}))?)?;
     }
     let _ = Device::Cpu;
+    Ok(())
+}
+
+fn sync(t: &Tensor) -> Result<()> {
+    t.flatten_all()?.narrow(0, 0, 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(())
+}
+
+/// Times one Llama/Mistral block op by op (median of `reps` after a warm-up), each op on inputs
+/// computed beforehand, and the whole block as the model runs it. The ops mirror `llama.rs`.
+fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: usize, reps: usize) -> Result<()> {
+    use candle_core::Module;
+    use evop::model::numerics::{self, Linear, RotaryTable};
+    let lm: &dyn BlockLm = model.lm.as_ref();
+    let info = lm.info().clone();
+    let (dtype, device) = (info.dtype, info.device.clone());
+    let cfg = &model.hf_config;
+    let num = |key: &str| cfg.get(key).and_then(|v| v.as_f64());
+    let heads = num("num_attention_heads").ok_or_else(|| anyhow::anyhow!("config has no num_attention_heads"))? as usize;
+    let kv_heads = num("num_key_value_heads").map_or(heads, |v| v as usize);
+    let head_dim = num("head_dim").map_or(info.hidden_size / heads, |v| v as usize);
+    let eps = num("rms_norm_eps").unwrap_or(1e-6) as f32;
+    let theta = num("rope_theta").unwrap_or(10_000.0);
+    let w = |name: &str| -> Result<Tensor> {
+        let key = format!("model.layers.{layer}.{name}.weight");
+        model.weights.get(&key).cloned().ok_or_else(|| anyhow::anyhow!("no weight `{key}` (--profile needs a Llama/Mistral model)"))
+    };
+    let lin = |name: &str| -> Result<Linear> { Ok(Linear::new(w(name)?, None)) };
+    let (q_proj, k_proj, v_proj, o_proj) = (lin("self_attn.q_proj")?, lin("self_attn.k_proj")?, lin("self_attn.v_proj")?, lin("self_attn.o_proj")?);
+    let (gate, up, down) = (lin("mlp.gate_proj")?, lin("mlp.up_proj")?, lin("mlp.down_proj")?);
+    let (in_norm, post_norm) = (w("input_layernorm")?, w("post_attention_layernorm")?);
+    let rotary = RotaryTable::new(head_dim, info.max_positions, theta, dtype, &device)?;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let ctx = AttnContext::new(&info, s, 0)?;
+    let ids: Vec<u32> = (0..s * bsz).map(|i| ((i * 7919) % 40000 + 100) as u32).collect();
+    let ids = Tensor::from_vec(ids, (bsz, s), &device)?;
+    let hidden = lm.embed(&ids, 0)?;
+    let hidden = lm.block(0, &hidden, &ctx, None)?; // a realistic residual stream
+
+    // Inputs of every op, computed once.
+    let x = numerics::rms_norm(&hidden, &in_norm, eps)?;
+    let (q, k, v) = (q_proj.forward(&x)?, k_proj.forward(&x)?, v_proj.forward(&x)?);
+    let (qh, kh) = (numerics::split_heads(&q, heads)?, numerics::split_heads(&k, kv_heads)?);
+    let vh = numerics::split_heads(&v, kv_heads)?.contiguous()?;
+    let (qr, kr) = rotary.apply(&qh, &kh, 0)?;
+    let n_rep = heads / kv_heads;
+    let kx = numerics::repeat_kv(kr.clone(), n_rep)?.contiguous()?;
+    let vx = numerics::repeat_kv(vh.clone(), n_rep)?.contiguous()?;
+    let kt = kx.t()?.contiguous()?;
+    let raw = qr.contiguous()?.matmul(&kt)?;
+    let scaled = ((&raw * scale)?).to_dtype(DType::F32)?;
+    let masked = match &ctx.mask {
+        Some(m) => scaled.broadcast_add(&m.to_dtype(DType::F32)?)?,
+        None => scaled.clone(),
+    };
+    let probs = numerics::softmax_last_dim(&masked)?.to_dtype(dtype)?;
+    let pv = probs.matmul(&vx)?;
+    let attn = numerics::attention(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?;
+    let o = o_proj.forward(&attn)?;
+    let x1 = (&hidden + &o)?;
+    let n = numerics::rms_norm(&x1, &post_norm, eps)?;
+    let (g, u) = (gate.forward(&n)?, up.forward(&n)?);
+    let act = (numerics::silu(&g)? * &u)?;
+    let mlp = down.forward(&act)?;
+
+    // CPU ops run eagerly; on a GPU, synchronising on an op's first output waits for the rest.
+    type Op<'a> = Box<dyn FnMut() -> Result<Tensor> + 'a>;
+    let mut ops: Vec<(&str, &str, Op)> = vec![
+        ("input rmsnorm", "", Box::new(|| Ok(numerics::rms_norm(&hidden, &in_norm, eps)?))),
+        ("q, k, v projections", "gemm", Box::new(|| {
+            let q = q_proj.forward(&x)?;
+            k_proj.forward(&x)?;
+            v_proj.forward(&x)?;
+            Ok(q)
+        })),
+        ("split heads, v contiguous", "", Box::new(|| {
+            numerics::split_heads(&q, heads)?;
+            numerics::split_heads(&k, kv_heads)?;
+            Ok(numerics::split_heads(&v, kv_heads)?.contiguous()?)
+        })),
+        ("rotary (q, k)", "", Box::new(|| Ok(rotary.apply(&qh, &kh, 0)?.0))),
+        ("attention, as dispatched", "attn", Box::new(|| Ok(numerics::attention(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?))),
+        ("attention, tensor ops (reference)", "ref", Box::new(|| Ok(numerics::attention_reference(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?))),
+        ("  repeat_kv (k, v) + contiguous", "part", Box::new(|| {
+            numerics::repeat_kv(kr.clone(), n_rep)?.contiguous()?;
+            Ok(numerics::repeat_kv(vh.clone(), n_rep)?.contiguous()?)
+        })),
+        ("  k transpose contiguous", "part", Box::new(|| Ok(kx.t()?.contiguous()?))),
+        ("  scores q k^T", "part", Box::new(|| Ok(qr.contiguous()?.matmul(&kt)?))),
+        ("  scale, to f32", "part", Box::new(|| Ok(((&raw * scale)?).to_dtype(DType::F32)?))),
+        ("  mask add", "part", Box::new(|| match &ctx.mask {
+            Some(m) => Ok(scaled.broadcast_add(&m.to_dtype(DType::F32)?)?),
+            None => Ok(scaled.clone()),
+        })),
+        ("  softmax", "part", Box::new(|| Ok(numerics::softmax_last_dim(&masked)?.to_dtype(dtype)?))),
+        ("  probs v", "part", Box::new(|| Ok(probs.matmul(&vx)?))),
+        ("  merge heads", "part", Box::new(|| Ok(pv.transpose(1, 2)?.reshape((bsz, s, heads * head_dim))?))),
+        ("o projection", "gemm", Box::new(|| Ok(o_proj.forward(&attn)?))),
+        ("residual add (attention)", "", Box::new(|| Ok((&hidden + &o)?))),
+        ("post-attention rmsnorm", "", Box::new(|| Ok(numerics::rms_norm(&x1, &post_norm, eps)?))),
+        ("gate, up projections", "gemm", Box::new(|| {
+            let g = gate.forward(&n)?;
+            up.forward(&n)?;
+            Ok(g)
+        })),
+        ("silu(gate) * up", "", Box::new(|| Ok((numerics::silu(&g)? * &u)?))),
+        ("down projection", "gemm", Box::new(|| Ok(down.forward(&act)?))),
+        ("residual add (MLP)", "", Box::new(|| Ok((&x1 + &mlp)?))),
+    ];
+    println!("Block {layer} at {s} x {bsz} ({} tokens), {heads} heads, {kv_heads} KV heads, head_dim {head_dim}; median of {reps}", s * bsz);
+    println!("\n| op | ms |\n|---|---:|");
+    let (mut sum_dispatched, mut sum_reference, mut gemm_ms) = (0.0, 0.0, 0.0);
+    for (name, kind, op) in ops.iter_mut() {
+        let t = time(reps, || sync(&op()?))? * 1e3;
+        match *kind {
+            "attn" => sum_dispatched += t,
+            "ref" => sum_reference += t,
+            "part" => {}
+            k => {
+                sum_dispatched += t;
+                sum_reference += t;
+                if k == "gemm" {
+                    gemm_ms += t;
+                }
+            }
+        }
+        println!("| {name} | {t:.2} |");
+    }
+    let t_block = time(reps, || sync(&lm.block(layer, &hidden, &ctx, None)?))? * 1e3;
+    println!("| sum of ops, attention as dispatched | {sum_dispatched:.2} |");
+    println!("| sum of ops, tensor-op attention | {sum_reference:.2} |");
+    println!("| of which projections (GEMM) | {gemm_ms:.2} |");
+    println!("| whole block (`BlockLm::block`) | {t_block:.2} |");
     Ok(())
 }

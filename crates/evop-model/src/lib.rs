@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 pub mod calibration;
+pub mod cpu_attention;
 pub mod device;
 pub mod error;
 pub mod gguf;

@@ -5,6 +5,10 @@
 //! attention tensors `(batch, heads, seq, head_dim)`.
 use candle_core::{DType, Device, Tensor, D};
 
+/// candle-nn's RMSNorm, SiLU and softmax ops as the model runs them, re-exported for measurement
+/// harnesses (examples and benches have no direct candle-nn dependency).
+pub use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
+
 /// Additive attention mask of shape `(seq_len, offset + seq_len)`: 0 where query `i` (at absolute
 /// position `offset + i`) may attend key `j`, `-inf` elsewhere. With `sliding_window = Some(w)` a
 /// query only sees the `w` most recent keys (itself included), as Mistral does.
@@ -95,9 +99,28 @@ impl RotaryTable {
 }
 
 /// Scaled dot-product attention. `q: (b, h, s, d)`, `k`/`v`: `(b, h_kv, t, d)`, `mask`: additive
-/// `(s, t)` or `None`. Grouped-query heads are expanded here. Softmax runs in f32. Returns
-/// `(b, s, h * d)`.
+/// `(s, t)` or `None`. Returns `(b, s, h * d)`.
+///
+/// On the CPU in f32, with no mask or a mask of the form [`causal_mask`] builds (each query sees
+/// one contiguous range of keys), this runs the fused kernel of [`crate::cpu_attention`]; every
+/// other case (GPU, bf16/f16, other masks) runs [`attention_reference`].
 pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    if let Some(out) = crate::cpu_attention::try_attention(q, k, v, mask, scale)? {
+        return Ok(out);
+    }
+    attention_reference(q, k, v, mask, scale)
+}
+
+/// Scaled dot-product attention with tensor operations, on any device and dtype (the reference
+/// for the fused CPU kernel): grouped-query heads are expanded, the `(b, h, s, t)` scores are
+/// materialised and the softmax runs in f32. Shapes as in [`attention`].
+pub fn attention_reference(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
