@@ -87,6 +87,14 @@ struct Args {
     generations: u64,
     #[arg(long, default_value_t = 6)]
     stalled: u64,
+    /// Baselines whose answers join the initial population of every EvoP search (as `evop prune
+    /// --seed-with`; default: none).
+    #[arg(long, value_delimiter = ',')]
+    seed_with: Vec<String>,
+    /// Appended to every method name in the rows (e.g. `/k=4`), to tell runs of other settings
+    /// apart in one table.
+    #[arg(long, default_value = "")]
+    tag: String,
     /// Evaluation windows (0 = the whole evaluation split).
     #[arg(long, default_value_t = 32)]
     eval_windows: usize,
@@ -290,7 +298,16 @@ fn main() -> Result<()> {
                         greedy(&lm, calib, objective, opts, n)?
                     } else {
                         let strategy = if kind == "evop1l-" { StrategyKind::OnePlusLambda } else { StrategyKind::Ga };
-                        let spec = SearchSpec { strategy, population: args.population, generations: args.generations, stalled: Some(args.stalled), ..SearchSpec::default() };
+                        let mut spec = SearchSpec { strategy, population: args.population, generations: args.generations, stalled: Some(args.stalled), ..SearchSpec::default() };
+                        // As `evop prune --seed-with`: baselines' answers on the same windows join
+                        // the initial population (those touching the protected end blocks cannot).
+                        let windows = calib.token_windows();
+                        for seeder in &args.seed_with {
+                            let r = pruner_by_name(seeder)?.prune(&lm, &windows, n)?.removed();
+                            if !r.contains(&0) && !r.contains(&(l - 1)) {
+                                spec.seed_masks.push(r);
+                            }
+                        }
                         let r = Pipeline::new(&model, split.calibration.clone())
                             .remove(n)
                             .objective(objective)
@@ -323,7 +340,7 @@ fn main() -> Result<()> {
                 }
                 let row = Row {
                     n,
-                    method: method.clone(),
+                    method: format!("{method}{}", args.tag),
                     seed,
                     removed,
                     calib_nll,

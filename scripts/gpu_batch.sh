@@ -99,8 +99,58 @@ study)
   tail -n 3 "$OUT"/study/*.log > "$OUT/study_logs.txt"
   tar czf "$OUT/study.tgz" -C "$OUT" study && rm -rf "$OUT/study"
   ;;
+more1|more2)
+  # The study's second pass, sized for one GPU (every job shares it; each process gets an equal
+  # share of the CPU cores): more1 = the CLI's defaults (GA 16 x 12, seeded with ShortGPT's
+  # answer, KL objective, CCDS 4 x 128) against SLEB with zero-shot columns, the CCDS cluster
+  # count k, the model's own hidden states as embedder, and the 2k-token cells left unfinished;
+  # more2 = the 8k and 32k cells left unfinished. Rows go to $OUT/more/*.rows.jsonl.
+  limit="${STUDY_LIMIT_S:-540}"
+  common=(--device cuda --dtype bf16 --eval-windows 0 --topic-windows 16 --calib-cache .cache/calib --exhaustive-ns 0)
+  b512=(--calib-windows 4 --seqlen 128 --pool 512)
+  ga="--population 32 --generations 30 --stalled 8"
+  default_ga="--population 16 --generations 12 --stalled 5"
+  zs="--tasks science,winogrande,step_inference --task-limit 200"
+  jobs=()
+  if [ "$1" = more1 ]; then
+    for s in 0 1 2; do
+      jobs+=("default-s$s|${b512[*]} --ns 6,9 --methods sleb,evop-ccds:kl,evop-ccds --seed-with shortgpt --seeds $s $default_ga $zs")
+    done
+    for k in 2 4 8 16; do
+      jobs+=("k$k|${b512[*]} --ns 6,9 --methods evop-ccds:kl,sleb-ccds --clusters $k --tag /k=$k --seeds 0,1,2 $default_ga")
+    done
+    jobs+=("hidden-b512|${b512[*]} --ns 6,9 --methods evop-ccds:kl,sleb-ccds --embedder hidden:12 --tag /hidden:12 --seeds 0,1,2 $default_ga")
+    b2k9=(evop-ccds:kl,evop-ccds:cvar:0.25,evop1l-ccds,greedy-ccds:balanced evop-ccds:kl,evop-ccds:cvar:0.25
+          evop-ccds:kl,evop-ccds:cvar:0.25,evop1l-ccds,greedy-ccds:balanced,evop-random)
+    for s in 0 1 2; do
+      jobs+=("b2k9-s$s|--calib-windows 16 --seqlen 128 --pool 512 --ns 9 --methods ${b2k9[$s]} --seeds $s $ga")
+    done
+  else
+    for s in 0 1 2; do
+      jobs+=("b8k-kl-s$s|--calib-windows 64 --seqlen 128 --pool 512 --ns 6,9 --methods evop-ccds:kl --seeds $s $ga")
+      jobs+=("b8k9-s$s|--calib-windows 64 --seqlen 128 --pool 512 --ns 9 --methods evop-ccds:balanced,evop-random --seeds $s $ga")
+      jobs+=("b32k-s$s|--calib-windows 256 --seqlen 128 --pool 2048 --ns 9 --methods sleb,sleb-ccds --seeds $s $ga")
+    done
+  fi
+  mkdir -p "$OUT/more"
+  gpus=$(nvidia-smi -L | wc -l)
+  threads=$(( $(nproc) / ${#jobs[@]} ))
+  [ "$threads" -ge 1 ] || threads=1
+  i=0
+  for j in "${jobs[@]}"; do
+    name="${j%%|*}"; args="${j#*|}"
+    gpu=$((i % gpus)); i=$((i + 1))
+    # shellcheck disable=SC2086
+    CUDA_VISIBLE_DEVICES=$gpu RAYON_NUM_THREADS=$threads timeout "$limit" "$BIN/study" "${common[@]}" $args \
+      --out "$OUT/more/$name" > "$OUT/more/$name.log" 2>&1 &
+  done
+  wait
+  cat "$OUT"/more/*.rows.jsonl > "$OUT/$1_rows.jsonl" 2>/dev/null
+  tail -n 4 "$OUT"/more/*.log > "$OUT/$1_logs.txt"
+  tar czf "$OUT/$1.tgz" -C "$OUT" more && rm -rf "$OUT/more"
+  ;;
 *)
-  echo "usage: $0 7b|mpi|tests|study" >&2
+  echo "usage: $0 7b|mpi|tests|study|more1|more2" >&2
   exit 2
   ;;
 esac
