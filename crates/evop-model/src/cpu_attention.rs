@@ -164,7 +164,7 @@ pub fn try_attention(
 
 /// Query rows per task tile (at most) and keys per block.
 const TILE_Q: usize = 64;
-const BLOCK_K: usize = 128;
+const BLOCK_K: usize = 256;
 
 /// The fused attention on contiguous slices (layouts in [`AttnShape`]); `out` has
 /// `batch * seq * heads * head_dim` elements and is overwritten.

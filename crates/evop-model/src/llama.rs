@@ -3,7 +3,7 @@
 //! attention window, so both share this file and differ only in `sliding_window`.
 use crate::error::Result;
 use crate::model::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
-use crate::numerics::{attention, split_heads, RotaryTable};
+use crate::numerics::{self, attention, split_heads, RotaryTable};
 use candle_core::{Device, Module, Tensor};
 use crate::numerics::Linear;
 use candle_nn::{rms_norm, Embedding, RmsNorm, VarBuilder};
@@ -235,10 +235,10 @@ impl BlockLm for Llama {
             }
             _ => ctx,
         };
-        let x = (hidden + b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary[stage], ctx, cache)?)?;
+        let x = numerics::add(hidden, &b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary[stage], ctx, cache)?)?;
         let n = b.post_attn_norm.forward(&x)?;
-        let mlp = b.mlp.down.forward(&(candle_nn::ops::silu(&b.mlp.gate.forward(&n)?)? * b.mlp.up.forward(&n)?)?)?;
-        Ok((x + mlp)?)
+        let mlp = b.mlp.down.forward(&numerics::silu_mul(&b.mlp.gate.forward(&n)?, &b.mlp.up.forward(&n)?)?)?;
+        Ok(numerics::add(&x, &mlp)?)
     }
 
     fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
