@@ -165,6 +165,8 @@ pub fn try_attention(
 /// Query rows per task tile (at most) and keys per block.
 const TILE_Q: usize = 64;
 const BLOCK_K: usize = 256;
+/// Tiles shrink (down to 8 rows) until a call has at least this many tasks.
+const MIN_TASKS: usize = 32;
 
 /// The fused attention on contiguous slices (layouts in [`AttnShape`]); `out` has
 /// `batch * seq * heads * head_dim` elements and is overwritten.
@@ -201,10 +203,11 @@ pub fn attention_f32(
         return Ok(());
     }
     let n_rep = heads / kv_heads;
-    // Smaller tiles when there are few (batch, head) pairs, so both cores get work.
-    let threads = rayon::current_num_threads();
+    // Smaller tiles when there are few (batch, head) pairs, so several cores get work. The tile
+    // depends on the shape only, and key blocks are aligned to absolute key positions, so every
+    // output is the same whatever the thread count.
     let mut tile = TILE_Q;
-    while tile > 8 && batch * heads * seq.div_ceil(tile) < 8 * threads {
+    while tile > 8 && batch * heads * seq.div_ceil(tile) < MIN_TASKS {
         tile /= 2;
     }
     // Longest tiles first (under causal masking the last query tiles see the most keys).
@@ -324,7 +327,7 @@ fn run_tile_generic(t: &Tile, s: &mut Scratch) {
     s.acc[..rows * d].fill(0.0);
     s.m[..rows].fill(f32::NEG_INFINITY);
     s.l[..rows].fill(0.0);
-    let mut j0 = lo;
+    let mut j0 = lo - lo % BLOCK_K;
     while j0 < hi {
         let j1 = (j0 + BLOCK_K).min(hi);
         let nb = j1 - j0;
@@ -555,6 +558,25 @@ mod tests {
         for c in &cases {
             let err = compare(c);
             assert!(err < 1e-5, "b {} h {}/{} s {} offset {} window {:?}: relative error {err}", c.batch, c.heads, c.kv_heads, c.seq, c.offset, c.window);
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let dev = Device::Cpu;
+        let (b, h, kv, s, offset, d) = (2, 6, 2, 150, 40, 32);
+        let q = Tensor::from_vec(values(11, b * h * s * d, 2.0), (b, h, s, d), &dev).unwrap();
+        let k = Tensor::from_vec(values(12, b * kv * (offset + s) * d, 2.0), (b, kv, offset + s, d), &dev).unwrap();
+        let v = Tensor::from_vec(values(13, b * kv * (offset + s) * d, 1.0), (b, kv, offset + s, d), &dev).unwrap();
+        let mask = causal_mask(s, offset, Some(90), DType::F32, &dev).unwrap();
+        let run = |threads: usize| -> Vec<f32> {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let out = pool.install(|| try_attention(&q, &k, &v, Some(&mask), 0.2).unwrap().unwrap());
+            out.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let one = run(1);
+        for threads in [2, 3, 8] {
+            assert!(one.iter().zip(run(threads)).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
         }
     }
 
