@@ -5,6 +5,7 @@
 //! attention tensors `(batch, heads, seq, head_dim)`.
 use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// candle-nn's RMSNorm, SiLU and softmax ops as the model runs them, re-exported for measurement
 /// harnesses (examples and benches have no direct candle-nn dependency).
@@ -150,8 +151,8 @@ pub fn split_heads(xs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 }
 
 /// `silu(gate) * up` elementwise (SwiGLU's gating) on same-shaped tensors. For f32 on the CPU
-/// one parallel, vectorised pass (candle runs `silu` and `*` as two single-threaded passes with a
-/// temporary); otherwise the tensor ops.
+/// one parallel, vectorised pass (candle runs `silu` as a single-threaded pass with a library
+/// `exp`, then `*` over a temporary); otherwise the tensor ops.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     if let Some(out) = cpu_binary_f32(gate, up, silu_mul_chunk)? {
         return Ok(out);
@@ -159,24 +160,16 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     silu(gate)? * up
 }
 
-/// `a + b` on same-shaped tensors (the residual adds). For f32 on the CPU a parallel pass
-/// (candle's CPU binary ops are single-threaded); otherwise the tensor op.
-pub fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    if let Some(out) = cpu_binary_f32(a, b, add_chunk)? {
-        return Ok(out);
-    }
-    a + b
-}
-
 /// Elements per parallel task of the CPU elementwise ops.
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// Runs `f(a_chunk, b_chunk, out_chunk)` over contiguous f32 CPU tensors of one shape in
-/// parallel; `None` when the tensors are not f32 on the CPU or their shapes differ.
+/// parallel (`f` writes every element of its output chunk); `None` when the tensors are not f32
+/// on the CPU or their shapes differ.
 fn cpu_binary_f32(
     a: &Tensor,
     b: &Tensor,
-    f: fn(&[f32], &[f32], &mut [f32], bool),
+    f: fn(&[f32], &[f32], &mut [MaybeUninit<f32>], bool),
 ) -> candle_core::Result<Option<Tensor>> {
     let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     if !(cpu_f32(a) && cpu_f32(b)) || a.dims() != b.dims() {
@@ -193,10 +186,13 @@ fn cpu_binary_f32(
     }
     let (Some(x), Some(y)) = (slice(&sa, la), slice(&sb, lb)) else { return Ok(None) };
     let avx512 = has_avx512();
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+    let mut out: Vec<f32> = Vec::with_capacity(x.len());
+    out.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(x.par_chunks(ELEMENTWISE_CHUNK).zip(y.par_chunks(ELEMENTWISE_CHUNK)))
         .for_each(|(o, (x, y))| f(x, y, o, avx512));
+    // SAFETY: the chunks cover all x.len() elements and `f` wrote every one of them.
+    unsafe { out.set_len(x.len()) };
     Ok(Some(Tensor::from_vec(out, a.shape(), a.device())?))
 }
 
@@ -211,7 +207,7 @@ fn has_avx512() -> bool {
     }
 }
 
-fn silu_mul_chunk(x: &[f32], y: &[f32], o: &mut [f32], avx512: bool) {
+fn silu_mul_chunk(x: &[f32], y: &[f32], o: &mut [MaybeUninit<f32>], avx512: bool) {
     #[cfg(target_arch = "x86_64")]
     if avx512 {
         // SAFETY: `avx512` is true only when the CPU supports AVX-512F.
@@ -223,38 +219,16 @@ fn silu_mul_chunk(x: &[f32], y: &[f32], o: &mut [f32], avx512: bool) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn silu_mul_avx512(x: &[f32], y: &[f32], o: &mut [f32]) {
+unsafe fn silu_mul_avx512(x: &[f32], y: &[f32], o: &mut [MaybeUninit<f32>]) {
     silu_mul_generic(x, y, o)
 }
 
 /// `o = x / (1 + exp(-x)) * y`, as candle's `silu` computes it.
 #[inline(always)]
-fn silu_mul_generic(x: &[f32], y: &[f32], o: &mut [f32]) {
+fn silu_mul_generic(x: &[f32], y: &[f32], o: &mut [MaybeUninit<f32>]) {
+    debug_assert!(x.len() == o.len() && y.len() == o.len());
     for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-        *o = x / (1.0 + exp_f32(-x)) * y;
-    }
-}
-
-fn add_chunk(x: &[f32], y: &[f32], o: &mut [f32], avx512: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512 {
-        // SAFETY: `avx512` is true only when the CPU supports AVX-512F.
-        return unsafe { add_avx512(x, y, o) };
-    }
-    let _ = avx512;
-    add_generic(x, y, o)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn add_avx512(x: &[f32], y: &[f32], o: &mut [f32]) {
-    add_generic(x, y, o)
-}
-
-#[inline(always)]
-fn add_generic(x: &[f32], y: &[f32], o: &mut [f32]) {
-    for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-        *o = x + y;
+        o.write(x / (1.0 + exp_f32(-x)) * y);
     }
 }
 
@@ -332,15 +306,14 @@ mod tests {
             }
         };
         close(&silu_mul(&g, &u).unwrap(), &(silu(&g).unwrap() * &u).unwrap(), 1e-6);
-        close(&add(&g, &u).unwrap(), &(&g + &u).unwrap(), 0.0);
         // Strided inputs are made contiguous; other dtypes and mismatched shapes use the tensor ops.
         let t = g.narrow(1, 0, 7_000).unwrap().reshape((1_000, 7)).unwrap().t().unwrap();
         assert!(!t.is_contiguous());
-        close(&add(&t, &t).unwrap(), &(&t + &t).unwrap(), 0.0);
+        close(&silu_mul(&t, &t).unwrap(), &(silu(&t).unwrap() * &t).unwrap(), 1e-6);
         let gb = g.to_dtype(DType::BF16).unwrap();
         let ub = u.to_dtype(DType::BF16).unwrap();
         assert_eq!(silu_mul(&gb, &ub).unwrap().dtype(), DType::BF16);
-        assert!(add(&g, &g.narrow(1, 0, 5).unwrap()).is_err());
+        assert!(silu_mul(&g, &g.narrow(1, 0, 5).unwrap()).is_err());
     }
 
     #[test]
