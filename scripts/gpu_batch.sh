@@ -99,13 +99,14 @@ study)
   tail -n 3 "$OUT"/study/*.log > "$OUT/study_logs.txt"
   tar czf "$OUT/study.tgz" -C "$OUT" study && rm -rf "$OUT/study"
   ;;
-more1|more2|more3)
+more1|more2|more3|more4)
   # The study's second pass, sized for one GPU (every job shares it; each process gets an equal
   # share of the CPU cores): more1 = the CLI's defaults (GA 16 x 12, seeded with ShortGPT's
   # answer, KL objective, CCDS 4 x 128) against SLEB with zero-shot columns, the CCDS cluster
   # count k, the model's own hidden states as embedder, and the 2k-token cells left unfinished;
   # more2 = the 8k and 32k cells left unfinished; more3 = EvoP's defaults at larger GA budgets (and
-  # seeded with SLEB's answer) and what more2 left. Rows go to $OUT/more/*.rows.jsonl.
+  # seeded with SLEB's answer) and what more2 left; more4 = the chosen defaults (GA 32 x 30, not
+  # seeded) with zero-shot columns. Rows go to $OUT/more/*.rows.jsonl.
   limit="${STUDY_LIMIT_S:-540}"
   common=(--device cuda --dtype bf16 --eval-windows 0 --topic-windows 16 --calib-cache .cache/calib --exhaustive-ns 0)
   b512=(--calib-windows 4 --seqlen 128 --pool 512)
@@ -125,6 +126,10 @@ more1|more2|more3)
           evop-ccds:kl,evop-ccds:cvar:0.25,evop1l-ccds,greedy-ccds:balanced,evop-random)
     for s in 0 1 2; do
       jobs+=("b2k9-s$s|--calib-windows 16 --seqlen 128 --pool 512 --ns 9 --methods ${b2k9[$s]} --seeds $s $ga")
+    done
+  elif [ "$1" = more4 ]; then
+    for s in 0 1 2; do
+      jobs+=("ga32u-s$s|${b512[*]} --ns 6,9 --methods evop-ccds:kl --tag /32x30 --seeds $s $ga $zs")
     done
   elif [ "$1" = more3 ]; then
     for s in 0 1 2; do
