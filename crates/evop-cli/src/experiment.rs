@@ -51,13 +51,13 @@ pub struct ExperimentArgs {
     #[arg(long, default_value = "ga")]
     pub strategy: String,
     /// GA population (or lambda for one-plus-lambda).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     pub population: usize,
     /// Maximum generations.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 30)]
     pub generations: u64,
     /// Stop after this many generations without improvement (0: never).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 8)]
     pub stalled: u64,
     /// Stop after this many fitness evaluations.
     #[arg(long)]
@@ -66,7 +66,7 @@ pub struct ExperimentArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Cheap baselines whose answers join EvoP's initial population (comma-separated; `none`).
-    #[arg(long, value_delimiter = ',', default_value = "shortgpt")]
+    #[arg(long, value_delimiter = ',', default_value = "none")]
     pub seed_with: Vec<String>,
     /// Evaluation windows of the evaluation split (the first ones; 0 = all).
     #[arg(long, default_value_t = 24)]
