@@ -1,5 +1,6 @@
 //! The plots of docs/results.md's calibration-budget study, drawn from its committed rows files
-//! (`docs/results/robust-b{512,2k,8k,32k}.rows.jsonl`, as `examples/study.rs` writes them):
+//! (`docs/results/robust-b{512,2k,8k,32k}.rows.jsonl`, as `examples/study.rs` writes them, and the
+//! cells a later pass added in `robust-b*-more.rows.jsonl`):
 //! evaluation perplexity against calibration tokens per method (one SVG per n), and worst-topic
 //! against mean perplexity (one point per method, budget and n, averaged over seeds).
 //!
@@ -30,8 +31,14 @@ type Table = BTreeMap<(u32, usize, String), Vec<(f64, f64)>>;
 
 fn read(args: &Args) -> Result<Table> {
     let mut table = Table::new();
-    for (file, tokens) in [("robust-b512", 512u32), ("robust-b2k", 2048), ("robust-b8k", 8192), ("robust-b32k", 32768)] {
-        let path = args.rows.join(format!("{file}.rows.jsonl"));
+    let budgets = [("robust-b512", 512u32), ("robust-b2k", 2048), ("robust-b8k", 8192), ("robust-b32k", 32768)];
+    // Each budget's rows, then the cells a later pass finished (`STEM-more.rows.jsonl`, optional).
+    let files = budgets.iter().flat_map(|&(stem, tokens)| [(format!("{stem}.rows.jsonl"), tokens, true), (format!("{stem}-more.rows.jsonl"), tokens, false)]);
+    for (file, tokens, required) in files {
+        let path = args.rows.join(&file);
+        if !required && !path.exists() {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let v: serde_json::Value =
