@@ -299,15 +299,7 @@ fn main() -> Result<()> {
                     } else {
                         let strategy = if kind == "evop1l-" { StrategyKind::OnePlusLambda } else { StrategyKind::Ga };
                         let mut spec = SearchSpec { strategy, population: args.population, generations: args.generations, stalled: Some(args.stalled), ..SearchSpec::default() };
-                        // As `evop prune --seed-with`: baselines' answers on the same windows join
-                        // the initial population (those touching the protected end blocks cannot).
-                        let windows = calib.token_windows();
-                        for seeder in &args.seed_with {
-                            let r = pruner_by_name(seeder)?.prune(&lm, &windows, n)?.removed();
-                            if !r.contains(&0) && !r.contains(&(l - 1)) {
-                                spec.seed_masks.push(r);
-                            }
-                        }
+                        spec.seed_with_baselines(&lm, &calib.token_windows(), n, &args.seed_with)?;
                         let r = Pipeline::new(&model, split.calibration.clone())
                             .remove(n)
                             .objective(objective)

@@ -155,6 +155,29 @@ impl Default for SearchSpec {
     }
 }
 
+impl SearchSpec {
+    /// Places the answers of cheap baselines for removing `n` blocks on `windows` in the initial
+    /// population, as `evop prune --seed-with` does. `names` are [`evop_baselines::pruner_by_name`]
+    /// names (`none` is skipped); with `protect_ends`, an answer that removes the first or last
+    /// block cannot seed the search and is left out.
+    pub fn seed_with_baselines(
+        &mut self,
+        lm: &Arc<dyn BlockLm>,
+        windows: &[Vec<u32>],
+        n: usize,
+        names: &[String],
+    ) -> Result<()> {
+        let last = lm.num_blocks().saturating_sub(1);
+        for name in names.iter().filter(|m| m.as_str() != "none") {
+            let removed = evop_baselines::pruner_by_name(name)?.prune(lm, windows, n)?.removed();
+            if !self.protect_ends || !(removed.contains(&0) || removed.contains(&last)) {
+                self.seed_masks.push(removed);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The outcome of a pruning run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PruneReport {

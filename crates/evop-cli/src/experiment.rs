@@ -204,14 +204,7 @@ pub fn run_method(
     let start = Instant::now();
     let (removed, counts, detail) = if method == "evop" {
         let mut spec = args.search_spec()?;
-        for seeder in args.seed_with.iter().filter(|m| m.as_str() != "none") {
-            let r = evop::baselines::pruner_by_name(seeder)?.prune(&lm, &windows, n)?;
-            let removed = r.removed();
-            // Answers touching the protected first or last block cannot seed the search.
-            if !removed.contains(&0) && !removed.contains(&(lm.num_blocks() - 1)) {
-                spec.seed_masks.push(removed);
-            }
-        }
+        spec.seed_with_baselines(&lm, &windows, n, &args.seed_with)?;
         let mut p = Pipeline::new(&setup.model, setup.split.calibration.clone())
             .remove(n)
             .objective(args.objective)

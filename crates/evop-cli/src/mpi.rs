@@ -230,12 +230,7 @@ fn distributed_evop(
         // `SearchJob::run`'s screened search (a second, shorter fitness) is not mirrored here yet.
         bail!("screening is not supported by the distributed search; run it without mpirun");
     }
-    for seeder in args.seed_with.iter().filter(|m| m.as_str() != "none") {
-        let removed = evop::baselines::pruner_by_name(seeder)?.prune(&lm, &windows, n)?.removed();
-        if !removed.contains(&0) && !removed.contains(&(l - 1)) {
-            spec.seed_masks.push(removed);
-        }
-    }
+    spec.seed_with_baselines(&lm, &windows, n, &args.seed_with)?;
     let loss = args.loss_kind()?;
     let job = Job::Search { windows: windows.clone(), groups: calib.clusters.clone(), objective: args.objective, loss, batch_size: args.batch_size };
     bcast_json(world, Some(&job))?;
