@@ -219,7 +219,8 @@ fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: 
         ("  probs v", "part", Box::new(|| Ok(probs.matmul(&vx)?))),
         ("  merge heads", "part", Box::new(|| Ok(pv.transpose(1, 2)?.reshape((bsz, s, heads * head_dim))?))),
         ("o projection", "gemm", Box::new(|| Ok(o_proj.forward(&attn)?))),
-        ("residual add (attention)", "", Box::new(|| Ok((&hidden + &o)?))),
+        ("residual add (attention), as dispatched", "", Box::new(|| Ok(numerics::add(&hidden, &o)?))),
+        ("residual add (attention), tensor op", "part", Box::new(|| Ok((&hidden + &o)?))),
         ("post-attention rmsnorm", "", Box::new(|| Ok(numerics::rms_norm(&x1, &post_norm, eps)?))),
         ("gate, up projections", "gemm", Box::new(|| {
             let g = gate.forward(&n)?;
@@ -229,7 +230,7 @@ fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: 
         ("silu(gate) * up, as dispatched", "", Box::new(|| Ok(numerics::silu_mul(&g, &u)?))),
         ("silu(gate) * up, tensor ops", "part", Box::new(|| Ok((numerics::silu(&g)? * &u)?))),
         ("down projection", "gemm", Box::new(|| Ok(down.forward(&act)?))),
-        ("residual add (MLP)", "", Box::new(|| Ok((&x1 + &mlp)?))),
+        ("residual add (MLP), as dispatched", "", Box::new(|| Ok(numerics::add(&x1, &mlp)?))),
     ];
     println!("Block {layer} at {s} x {bsz} ({} tokens), {heads} heads, {kv_heads} KV heads, head_dim {head_dim}; median of {reps}", s * bsz);
     println!("\n| op | ms |\n|---|---:|");

@@ -235,10 +235,10 @@ impl BlockLm for Llama {
             }
             _ => ctx,
         };
-        let x = (hidden + b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary[stage], ctx, cache)?)?;
+        let x = numerics::add(hidden, &b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary[stage], ctx, cache)?)?;
         let n = b.post_attn_norm.forward(&x)?;
         let mlp = b.mlp.down.forward(&numerics::silu_mul(&b.mlp.gate.forward(&n)?, &b.mlp.up.forward(&n)?)?)?;
-        Ok((x + mlp)?)
+        Ok(numerics::add(&x, &mlp)?)
     }
 
     fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
