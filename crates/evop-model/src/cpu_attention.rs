@@ -222,7 +222,7 @@ pub fn attention_f32(
             }
         }
     }
-    tasks.sort_by(|a, b| b.0.cmp(&a.0));
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.0));
     let out_ptr = SharedOut(out.as_mut_ptr());
     let avx512 = has_avx512();
     tasks.par_iter().for_each_init(
@@ -473,7 +473,7 @@ fn exp_nonpositive(x: f32) -> f32 {
     let n = t - ROUND;
     let r = x - n * C1 - n * C2;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
-        + 5.000_000_1e-1;
+        + 0.5; // Cephes' 5.0000001e-1, which is 0.5 in f32
     let y = p * r * r + r + 1.0;
     // 2^n from the integer n held in t's low mantissa bits (|n| < 2^22), without a float-to-int
     // cast (Rust's saturating casts do not vectorise).

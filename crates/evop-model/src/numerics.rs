@@ -175,14 +175,13 @@ pub fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 /// Elements per parallel task of the CPU elementwise ops.
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
+/// An elementwise kernel: `(a_chunk, b_chunk, out_chunk, use_avx512)`.
+type ChunkFn = fn(&[f32], &[f32], &mut [MaybeUninit<f32>], bool);
+
 /// Runs `f(a_chunk, b_chunk, out_chunk)` over contiguous f32 CPU tensors of one shape in
 /// parallel (`f` writes every element of its output chunk); `None` when the tensors are not f32
 /// on the CPU or their shapes differ.
-fn cpu_binary_f32(
-    a: &Tensor,
-    b: &Tensor,
-    f: fn(&[f32], &[f32], &mut [MaybeUninit<f32>], bool),
-) -> candle_core::Result<Option<Tensor>> {
+fn cpu_binary_f32(a: &Tensor, b: &Tensor, f: ChunkFn) -> candle_core::Result<Option<Tensor>> {
     let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     if !(cpu_f32(a) && cpu_f32(b)) || a.dims() != b.dims() {
         return Ok(None);
@@ -278,12 +277,12 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer.
-    let x = if x < -87.3 { -87.3 } else if x > 88.3 { 88.3 } else { x };
+    let x = x.clamp(-87.3, 88.3);
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
     let r = x - n * C1 - n * C2;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
-        + 5.000_000_1e-1;
+        + 0.5; // Cephes' 5.0000001e-1, which is 0.5 in f32
     let y = p * r * r + r + 1.0;
     // 2^n from the integer n held in t's low mantissa bits (|n| < 2^22), without a float-to-int
     // cast (Rust's saturating casts do not vectorise).
