@@ -53,6 +53,12 @@ struct Args {
     population: usize,
     #[arg(long, default_value_t = 6)]
     generations: u64,
+    /// Stop the GA after this many generations without improvement (default: run them all).
+    #[arg(long)]
+    stalled: Option<u64>,
+    /// Calibration loss: `nll` (mean token NLL) or `kl` (mean KL divergence to the dense model).
+    #[arg(long, default_value = "nll")]
+    loss: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, default_value_t = 8)]
@@ -142,12 +148,17 @@ fn main() -> Result<()> {
     if a.screening {
         return screening(&a, &model, &split, &windows);
     }
+    let loss = match a.loss.as_str() {
+        "nll" => evop::model::LossKind::Nll,
+        "kl" => evop::model::LossKind::KlToDense,
+        other => anyhow::bail!("unknown --loss `{other}` (expected nll or kl)"),
+    };
     let batches = windows.len().div_ceil(a.batch_size) as f64;
     let cache_budget = a.cache_mib.map_or(evop::model::calibration::DEFAULT_CACHE_BUDGET, |m| m << 20);
     let paths = [
-        ("naive", EvaluatorOptions::naive(a.batch_size)),
-        ("per-call", EvaluatorOptions::per_call(a.batch_size)),
-        ("reuse", EvaluatorOptions { batch_size: a.batch_size, cache_budget, ..Default::default() }),
+        ("naive", EvaluatorOptions { loss, ..EvaluatorOptions::naive(a.batch_size) }),
+        ("per-call", EvaluatorOptions { loss, ..EvaluatorOptions::per_call(a.batch_size) }),
+        ("reuse", EvaluatorOptions { batch_size: a.batch_size, cache_budget, loss, ..Default::default() }),
     ];
     let only: Vec<&str> = a.paths.split(',').collect();
     if only != ["naive", "per-call", "reuse"] {
@@ -159,7 +170,7 @@ fn main() -> Result<()> {
                 let pruner: Box<dyn Pruner> = match method {
                     "sleb" => Box::new(Sleb { evaluator: opts.clone(), ..Sleb::default() }),
                     _ => Box::new(EvopPruner {
-                        search: SearchSpec { population: a.population, generations: a.generations, stalled: None, ..Default::default() },
+                        search: SearchSpec { population: a.population, generations: a.generations, stalled: a.stalled, ..Default::default() },
                         evaluator: opts.clone(),
                         seed: a.seed,
                         ..Default::default()
@@ -189,7 +200,7 @@ fn main() -> Result<()> {
                 let pruner: Box<dyn Pruner> = match *method {
                     "sleb" => Box::new(Sleb { evaluator: opts.clone(), ..Sleb::default() }),
                     "evop" => Box::new(EvopPruner {
-                        search: SearchSpec { population: a.population, generations: a.generations, stalled: None, ..Default::default() },
+                        search: SearchSpec { population: a.population, generations: a.generations, stalled: a.stalled, ..Default::default() },
                         evaluator: opts.clone(),
                         seed: a.seed,
                         ..Default::default()
@@ -341,7 +352,7 @@ fn screening(a: &Args, model: &evop::model::LoadedModel, split: &evop::data::Cor
         for rep in 0..a.reps {
             for (i, (label, opts, screening, generations)) in runs.iter().enumerate() {
                 let job = SearchJob {
-                    search: SearchSpec { population: a.population, generations: *generations, stalled: None, screening: screening.clone(), ..Default::default() },
+                    search: SearchSpec { population: a.population, generations: *generations, stalled: a.stalled, screening: screening.clone(), ..Default::default() },
                     evaluator: opts.clone(),
                     ..SearchJob::new(a.n, seed)
                 };

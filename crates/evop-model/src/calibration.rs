@@ -138,8 +138,8 @@ struct Batch {
     positions: Positions,
     /// `targets[w][k]`: the token predicted at `positions.list[k]` in window `w`.
     targets: Vec<Vec<u32>>,
-    /// Dense next-token log-probabilities `(b, positions, vocab)` for [`LossKind::KlToDense`].
-    dense_logp: Option<Tensor>,
+    /// The dense model's next-token distributions for [`LossKind::KlToDense`].
+    dense: Option<fused_loss::DenseDistribution>,
 }
 
 /// Computes per-window mean token NLL of masked models on a fixed calibration set.
@@ -186,7 +186,7 @@ impl CalibrationEvaluator {
             let ctx = AttnContext::new(lm.info(), s, 0)?;
             let positions = Positions::strided(s, options.position_stride, &lm.info().device)?;
             let targets = chunk.iter().map(|w| positions.list.iter().map(|&p| w[p as usize + 1]).collect()).collect();
-            batches.push(Batch { ids, ctx, windows: chunk.len(), positions, targets, dense_logp: None });
+            batches.push(Batch { ids, ctx, windows: chunk.len(), positions, targets, dense: None });
         }
         let cache = Mutex::new(PrefixCache::new(options.cache_budget, options.cache_dtype));
         let me = Self {
@@ -199,10 +199,10 @@ impl CalibrationEvaluator {
             cache,
             epoch: AtomicU64::new(0),
         };
-        me.fill_dense_logp()
+        me.fill_dense_distributions()
     }
 
-    fn fill_dense_logp(mut self) -> Result<Self> {
+    fn fill_dense_distributions(mut self) -> Result<Self> {
         if self.options.loss != LossKind::KlToDense {
             return Ok(self);
         }
@@ -212,8 +212,8 @@ impl CalibrationEvaluator {
                 let mut cache = self.cache.lock().expect("prefix cache poisoned");
                 self.dense_state(b, &self.batches[b], l, &mut cache)?
             };
-            let logp = next_token_logp(self.lm.as_ref(), &h, &self.batches[b].positions)?;
-            self.batches[b].dense_logp = Some(logp);
+            let dense = fused_loss::DenseDistribution::new(self.lm.as_ref(), &h, &self.batches[b].positions)?;
+            self.batches[b].dense = Some(dense);
         }
         Ok(self)
     }
@@ -452,26 +452,11 @@ impl CalibrationEvaluator {
     /// Per-window loss from the last block's output.
     fn head_losses(&self, batch: &Batch, h: &Tensor) -> Result<Vec<f64>> {
         self.head_forwards.fetch_add(1, Ordering::Relaxed);
-        match &batch.dense_logp {
-            Some(dense) => {
-                let logp = next_token_logp(self.lm.as_ref(), h, &batch.positions)?;
-                let kl = (dense.exp()? * (dense - logp)?)?.sum(2)?.mean(1)?.to_dtype(DType::F64)?;
-                Ok(kl.to_vec1::<f64>()?)
-            }
+        match &batch.dense {
+            Some(dense) => fused_loss::window_mean_kl(self.lm.as_ref(), h, &batch.positions, dense),
             None => fused_loss::window_mean_nll(self.lm.as_ref(), h, &batch.targets, &batch.positions),
         }
     }
-}
-
-/// Next-token log-probabilities `(b, positions, vocab)` (f32) from the final residual stream.
-fn next_token_logp(lm: &dyn BlockLm, h: &Tensor, positions: &Positions) -> Result<Tensor> {
-    let s = h.dim(1)?;
-    let hp = match &positions.index {
-        None => h.narrow(1, 0, s - 1)?,
-        Some(idx) => h.index_select(idx, 1)?,
-    };
-    let logits = lm.head(&hp.contiguous()?)?.to_dtype(DType::F32)?;
-    Ok(candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?)
 }
 
 #[cfg(test)]
