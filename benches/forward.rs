@@ -1,8 +1,10 @@
 //! The CPU forward of a SmolLM2-135M-shaped model (30 blocks, hidden 576, 9 heads over 3 KV
 //! heads, FFN 1536, vocabulary 49,152; random weights, `synthetic:smollm2-135m`, so nothing is
 //! downloaded): the attention alone, fused kernel (`numerics::attention`, the default for f32 on
-//! the CPU) vs the tensor ops (`numerics::attention_reference`), and the full masked forward
-//! (logits at every position) in tokens per call.
+//! the CPU) vs the tensor ops (`numerics::attention_reference`); the block's projections (GEMMs,
+//! throughput in FLOP: criterion's "elem/s" are FLOP/s) and the LM head (final norm and logits,
+//! FLOP of the 576 x 49,152 product); and the full masked forward (logits at every position) in
+//! tokens per call.
 //!
 //! ```text
 //! cargo bench --bench forward
@@ -13,7 +15,8 @@
 //! `examples/forward_throughput.rs` (docs/performance.md).
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use evop::model::numerics::{attention, attention_reference, causal_mask};
+use candle_core::Module;
+use evop::model::numerics::{attention, attention_reference, causal_mask, Linear};
 use evop::model::{forward, load, LoadOptions};
 use std::hint::black_box;
 use std::time::Duration;
@@ -54,6 +57,34 @@ fn bench_attention(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_parts(c: &mut Criterion) {
+    let model = load("synthetic:smollm2-135m".as_ref(), &LoadOptions::default()).expect("synthetic SmolLM2");
+    let lm = model.lm.as_ref();
+    let dev = Device::Cpu;
+    let mut group = c.benchmark_group("parts");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    // (name, in, out) of one block's projections.
+    let projections = [("q_o_proj", 576, 576), ("k_v_proj", 576, 192), ("gate_up_proj", 576, 1536), ("down_proj", 1536, 576)];
+    for (s, b) in shapes() {
+        let rows = s * b;
+        for (name, fan_in, fan_out) in projections {
+            let layer = Linear::new(Tensor::randn(0f32, 0.02, (fan_out, fan_in), &dev).unwrap(), None);
+            let x = Tensor::randn(0f32, 1.0, (b, s, fan_in), &dev).unwrap();
+            group.throughput(Throughput::Elements((2 * rows * fan_in * fan_out) as u64));
+            group.bench_with_input(BenchmarkId::new(format!("matmul_{name}"), format!("{s}x{b}")), &(), |bench, _| {
+                bench.iter(|| black_box(layer.forward(&x).unwrap()))
+            });
+        }
+        let h = Tensor::randn(0f32, 1.0, (b, s, 576), &dev).unwrap();
+        let vocab = lm.info().vocab_size;
+        group.throughput(Throughput::Elements((2 * rows * 576 * vocab) as u64));
+        group.bench_with_input(BenchmarkId::new("head", format!("{s}x{b}")), &(), |bench, _| {
+            bench.iter(|| black_box(lm.head(&h).unwrap()))
+        });
+    }
+    group.finish();
+}
+
 fn bench_forward(c: &mut Criterion) {
     let model = load("synthetic:smollm2-135m".as_ref(), &LoadOptions::default()).expect("synthetic SmolLM2");
     let lm = model.lm.as_ref();
@@ -70,5 +101,5 @@ fn bench_forward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_attention, bench_forward);
+criterion_group!(benches, bench_attention, bench_parts, bench_forward);
 criterion_main!(benches);
