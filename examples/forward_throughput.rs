@@ -56,6 +56,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `n` token ids spread over the vocabulary (any model's: a 32,000-token one too).
+fn token_ids(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919) % vocab.saturating_sub(100).max(1) + 100.min(vocab - 1)) as u32).collect()
+}
+
 fn time<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
     f()?; // warm-up
     let mut t = Vec::new();
@@ -106,7 +111,7 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for shape in &args.shapes {
         let (s, bsz) = parse_shape(shape)?;
-        let ids: Vec<u32> = (0..s * bsz).map(|i| ((i * 7919) % 40000 + 100) as u32).collect();
+        let ids = token_ids(s * bsz, info.vocab_size);
         let ids = Tensor::from_vec(ids, (bsz, s), &device)?;
         let t_fwd = time(args.reps, || sync(&forward(lm, &ids)?))?;
         let ctx = AttnContext::new(&info, s, 0)?;
@@ -155,7 +160,7 @@ fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: 
     let rotary = RotaryTable::new(head_dim, info.max_positions, theta, dtype, &device)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let ctx = AttnContext::new(&info, s, 0)?;
-    let ids: Vec<u32> = (0..s * bsz).map(|i| ((i * 7919) % 40000 + 100) as u32).collect();
+    let ids = token_ids(s * bsz, info.vocab_size);
     let ids = Tensor::from_vec(ids, (bsz, s), &device)?;
     let hidden = lm.embed(&ids, 0)?;
     let hidden = lm.block(0, &hidden, &ctx, None)?; // a realistic residual stream

@@ -148,11 +148,7 @@ fn main() -> Result<()> {
     if a.screening {
         return screening(&a, &model, &split, &windows);
     }
-    let loss = match a.loss.as_str() {
-        "nll" => evop::model::LossKind::Nll,
-        "kl" => evop::model::LossKind::KlToDense,
-        other => anyhow::bail!("unknown --loss `{other}` (expected nll or kl)"),
-    };
+    let loss = loss_kind(&a)?;
     let batches = windows.len().div_ceil(a.batch_size) as f64;
     let cache_budget = a.cache_mib.map_or(evop::model::calibration::DEFAULT_CACHE_BUDGET, |m| m << 20);
     let paths = [
@@ -320,6 +316,15 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The calibration loss of every path (`--loss`).
+fn loss_kind(a: &Args) -> Result<evop::model::LossKind> {
+    Ok(match a.loss.as_str() {
+        "nll" => evop::model::LossKind::Nll,
+        "kl" => evop::model::LossKind::KlToDense,
+        other => anyhow::bail!("unknown --loss `{other}` (expected nll or kl)"),
+    })
+}
+
 /// The screening comparison: per seed, the naive, reuse and screened EvoP searches, their
 /// full-fidelity calibration loss, evaluation-split perplexity and wall time.
 fn screening(a: &Args, model: &evop::model::LoadedModel, split: &evop::data::CorpusSplit, windows: &[Vec<u32>]) -> Result<()> {
@@ -340,10 +345,11 @@ fn screening(a: &Args, model: &evop::model::LoadedModel, split: &evop::data::Cor
     println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut sums = [(0.0, 0.0, 0.0); 3];
     for &seed in &seeds {
+        let loss = loss_kind(a)?;
         let runs = [
-            ("naive", EvaluatorOptions::naive(a.batch_size), None, a.generations),
-            ("reuse", EvaluatorOptions { batch_size: a.batch_size, ..Default::default() }, None, a.generations),
-            ("screened", EvaluatorOptions { batch_size: a.batch_size, ..Default::default() }, Some(sc.clone()), generations),
+            ("naive", EvaluatorOptions { loss, ..EvaluatorOptions::naive(a.batch_size) }, None, a.generations),
+            ("reuse", EvaluatorOptions { batch_size: a.batch_size, loss, ..Default::default() }, None, a.generations),
+            ("screened", EvaluatorOptions { batch_size: a.batch_size, loss, ..Default::default() }, Some(sc.clone()), generations),
         ];
         let selected: Vec<&str> = a.screen_paths.split(',').collect();
         let runs: Vec<_> = runs.into_iter().filter(|r| selected.contains(&r.0)).collect();
