@@ -21,6 +21,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // Settings errors before anything is loaded or written.
+    args.exp.search_spec()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let setup = args.exp.setup()?;
     let l = setup.model.lm.num_blocks();

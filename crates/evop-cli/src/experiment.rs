@@ -62,6 +62,11 @@ pub struct ExperimentArgs {
     /// Stop after this many fitness evaluations.
     #[arg(long)]
     pub budget: Option<u64>,
+    /// Screen EvoP's candidates on the first N tokens of every calibration window (approximate:
+    /// the GA ranks on the shortened windows; the 4 best masks of its final population are then
+    /// compared on the whole windows). Off by default; see docs/performance.md, "Screening".
+    #[arg(long, value_name = "N")]
+    pub screen_tokens: Option<usize>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -167,6 +172,12 @@ impl ExperimentArgs {
             generations: self.generations,
             stalled: (self.stalled > 0).then_some(self.stalled),
             budget: self.budget,
+            screening: match self.screen_tokens {
+                Some(0) => bail!("--screen-tokens must be at least 1"),
+                Some(t) if t >= self.seqlen => bail!("--screen-tokens {t} must be below --seqlen {}", self.seqlen),
+                Some(t) => Some(evop::Screening { windows: self.calib_windows, tokens: Some(t), position_stride: 1, finalists: 4 }),
+                None => None,
+            },
             ..SearchSpec::default()
         })
     }

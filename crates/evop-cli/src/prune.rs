@@ -48,6 +48,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // Settings errors before anything is loaded or written.
+    args.exp.search_spec()?;
     let model_dir = args.out.join("model");
     if !args.no_save && model_dir.exists() && std::fs::read_dir(&model_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} already holds a model; choose another --out, remove it, or pass --no-save", model_dir.display());

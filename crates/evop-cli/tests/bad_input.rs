@@ -58,6 +58,11 @@ fn bad_masks_devices_and_settings() {
     expect_error(&["generate", "--model", m, "--device", "cuda"], "--features cuda");
     expect_error(&["generate", "--model", m, "--dtype", "f8"], "unknown dtype `f8`");
     expect_error(&["prune", "--objective", "median"], "unknown objective `median`");
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("run");
+    expect_error(&["prune", "--screen-tokens", "0", "--out", o.to_str().unwrap()], "--screen-tokens must be at least 1");
+    expect_error(&["prune", "--screen-tokens", "128", "--out", o.to_str().unwrap()], "--screen-tokens 128 must be below --seqlen 128");
+    assert!(!o.exists(), "a refused run wrote {}", o.display());
 }
 
 #[test]
