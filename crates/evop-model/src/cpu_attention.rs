@@ -15,6 +15,7 @@
 //! Results equal the tensor-op path up to float reassociation and the exponential's rounding (a
 //! Cephes-style polynomial, relative error about 2e-7).
 use candle_core::{DType, Device, Tensor};
+use crate::numerics::exp_f32;
 use rayon::prelude::*;
 
 /// The keys each query row may attend: row `i` sees keys `lo..hi` of `ranges[i] = (lo, hi)`.
@@ -373,7 +374,7 @@ fn run_tile_generic(t: &Tile, s: &mut Scratch) {
             let m_new = max_of(vis).max(m_old);
             let sum = exp_shifted_in_place(vis, m_new);
             if m_old != f32::NEG_INFINITY && m_old != m_new {
-                let corr = exp_nonpositive(m_old - m_new);
+                let corr = exp_f32(m_old - m_new);
                 s.l[r] = s.l[r] * corr + sum;
                 for x in &mut s.acc[r * d..(r + 1) * d] {
                     *x *= corr;
@@ -446,39 +447,16 @@ fn exp_shifted_in_place(x: &mut [f32], m: f32) -> f32 {
     let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for i in 0..LANES {
-            c[i] = exp_nonpositive(c[i] - m);
+            c[i] = exp_f32(c[i] - m);
             acc[i] += c[i];
         }
     }
     let mut sum = 0f32;
     for v in chunks.into_remainder() {
-        *v = exp_nonpositive(*v - m);
+        *v = exp_f32(*v - m);
         sum += *v;
     }
     sum + acc.iter().sum::<f32>()
-}
-
-/// `exp(x)` for `x <= 0` (finite): Cephes `expf` (range reduction by `ln 2` in two parts, degree-6
-/// polynomial), branch-free so loops over it vectorise; the same function as the fused loss's.
-/// Arguments below -87.3 give about 1.2e-38 instead of a smaller number, which cannot change a
-/// softmax whose largest term is 1.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer.
-    let x = if x < -87.3 { -87.3 } else { x };
-    let t = x * LOG2E + ROUND;
-    let n = t - ROUND;
-    let r = x - n * C1 - n * C2;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
-        + 0.5; // Cephes' 5.0000001e-1, which is 0.5 in f32
-    let y = p * r * r + r + 1.0;
-    // 2^n from the integer n held in t's low mantissa bits (|n| < 2^22), without a float-to-int
-    // cast (Rust's saturating casts do not vectorise).
-    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
-    y * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 #[cfg(test)]
