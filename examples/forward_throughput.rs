@@ -44,6 +44,9 @@ struct Args {
     /// The block that `--profile` times.
     #[arg(long, default_value_t = 10)]
     profile_block: usize,
+    /// On CUDA, let f32 matrix products use TF32 tensor cores.
+    #[arg(long)]
+    tf32: bool,
 }
 
 fn parse_shape(shape: &str) -> Result<(usize, usize)> {
@@ -74,6 +77,7 @@ fn time<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    evop::model::device::allow_tf32(args.tf32);
     let device = evop::model::parse_device(&args.device)?;
     let dtype = evop::model::parse_dtype(&args.dtype)?;
     let path = match &args.model {
@@ -129,8 +133,11 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Waits until the work that produced `t` is done (GPUs run asynchronously). Reading one element
+/// back would not do: candle copies a tensor's whole storage to the host first, which for f32
+/// logits is hundreds of MB and dominated the f32 figures measured that way.
 fn sync(t: &Tensor) -> Result<()> {
-    t.flatten_all()?.narrow(0, 0, 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    t.device().synchronize()?;
     Ok(())
 }
 
@@ -221,6 +228,9 @@ fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: 
             None => Ok(scaled.clone()),
         })),
         ("  softmax", "part", Box::new(|| Ok(numerics::softmax_last_dim(&masked)?.to_dtype(dtype)?))),
+        ("  fused scale + mask + softmax (replaces the three rows above)", "part", Box::new(|| {
+            Ok(evop::model::masked_softmax::masked_softmax(&raw, ctx.mask.as_ref(), scale)?)
+        })),
         ("  probs v", "part", Box::new(|| Ok(probs.matmul(&vx)?))),
         ("  merge heads", "part", Box::new(|| Ok(pv.transpose(1, 2)?.reshape((bsz, s, heads * head_dim))?))),
         ("o projection", "gemm", Box::new(|| Ok(o_proj.forward(&attn)?))),

@@ -9,6 +9,8 @@
 #   35-45 minutes on 2 cores (candle's GGUF kernels dominate), later ones are incremental.
 #
 # Usage: scripts/build_cuda.sh [extra cargo args, e.g. --example forward_throughput]
+#        scripts/build_cuda.sh test [cargo test args, e.g. -p evop-model --lib --test hf_fixtures]
+#          (test binaries, built with --no-run, for running with EVOP_TEST_DEVICE=cuda)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CUDA_DIR="${EVOP_CUDA_DIR:-$PWD/.cache/cuda13}"
@@ -35,4 +37,9 @@ if [ ! -e "$C/lib/libcuda.so" ]; then
 fi
 export CUDA_HOME="$C" PATH="$C/bin:$PATH" CUDA_COMPUTE_CAP=90 LIBRARY_PATH="$C/lib" \
   LD_LIBRARY_PATH="$C/lib:${LD_LIBRARY_PATH:-}" CARGO_TARGET_DIR="$PWD/target-cuda"
-cargo build --release --features cuda -p evop-cli -p evop "$@"
+if [ "${1:-}" = test ]; then
+  shift
+  cargo test --no-run --release --features cuda "$@"
+else
+  cargo build --release --features cuda -p evop-cli -p evop "$@"
+fi

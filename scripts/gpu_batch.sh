@@ -7,6 +7,9 @@
 #   scripts/gpu_batch.sh mpi     # the MPI evaluator with 1, 2 and 4 ranks
 #   scripts/gpu_batch.sh tests   # device-parametrised test binaries on cuda (needs the SmolLM2 GGUF)
 #   scripts/gpu_batch.sh study   # the calibration/objective study, 4 processes per GPU
+#   scripts/gpu_batch.sh paper   # EvoP, then SLEB, at 128 x 2048 calibration tokens (one GPU)
+#   scripts/gpu_batch.sh attn    # one or two GPUs: the fused-softmax attention (profile, 7B throughput
+#                                # against PyTorch), pipeline placement, f32 with and without TF32
 #
 # The SmolLM2 GGUF travels in parts (.cache/xfer3/gguf.part*) and is joined into the asset cache
 # layout under .cache/devcache (EVOP_CACHE_DIR), with the stamps copied from ~/.cache/evop.
@@ -45,6 +48,45 @@ case "${1:-}" in
     "$BIN/pruned_throughput" --model synthetic:smollm2-135m --devices cuda:0 --dtype "$dt" --prompt-batch 8 --prompt-len 128 \
       --gen-batch 8 --new-tokens 32 --reps 3 --json "$OUT/smollm2_$dt.json" 2>&1 | tee -a "$log"
   done
+  ;;
+attn)
+  nvidia-smi -L | tee -a "$log"
+  gpus=$(nvidia-smi -L | wc -l)
+  m7=(--model synthetic:llama2-7b --device cuda --dtype bf16 --reps 5)
+  for shape in 2048x1 128x64 1x64; do
+    say "profile of one Llama-2-7B-shaped block at $shape (bf16)"
+    "$BIN/forward_throughput" "${m7[@]}" --profile "$shape" 2>&1 | tee -a "$log"
+  done
+  say "PyTorch eager, Llama-2-7B shape, bf16, cuda:0"
+  CUDA_VISIBLE_DEVICES=0 python3 scripts/torch_pruned_throughput.py --json "$OUT/torch_7b.json" 2>&1 | grep -v Warning | tee -a "$log"
+  say "evop, same shapes, cuda:0"
+  "$BIN/pruned_throughput" --devices cuda:0 --json "$OUT/evop_7b.json" 2>&1 | tee -a "$log"
+  # Placement across two GPUs; on a one-GPU machine, across two device handles of the same GPU
+  # (separate candle devices: every stage boundary takes the cross-device path).
+  if [ "$gpus" -ge 2 ]; then pair=cuda:0,cuda:1; else pair=cuda:0,cuda:0; fi
+  say "evop, blocks split over $pair (pipeline placement), checked against cuda:0 alone"
+  "$BIN/pruned_throughput" --devices "$pair" --check-against cuda:0 --reps 3 --json "$OUT/evop_7b_placed.json" 2>&1 | tee -a "$log"
+  for tf in "" --tf32; do
+    say "SmolLM2 shape, f32 ${tf:-(full-precision GEMMs)}"
+    "$BIN/forward_throughput" --model synthetic:smollm2-135m --device cuda --dtype f32 --reps 5 --shapes 128x8,512x8,2048x1 $tf 2>&1 | tee -a "$log"
+    "$BIN/forward_throughput" --model synthetic:smollm2-135m --device cuda --dtype f32 --reps 5 --profile 512x8 $tf 2>&1 | tee -a "$log"
+  done
+  say "SmolLM2 shape, bf16"
+  "$BIN/forward_throughput" --model synthetic:smollm2-135m --device cuda --dtype bf16 --reps 5 --shapes 128x8,512x8,2048x1,2048x8 2>&1 | tee -a "$log"
+  if [ -x "$BIN/device_check" ] && [ -s "$gguf" ]; then
+    say "device_check: SmolLM2 on cuda against the CPU"
+    "$BIN/device_check" --device cuda 2>&1 | tee -a "$log"
+  fi
+  ;;
+paper)
+  # The paper's calibration budget, 128 windows x 2048 tokens (CCDS over 256 candidate windows,
+  # built here into .cache/calib), n = 6, GA 16 x 10: EvoP first, SLEB in what time is left.
+  mkdir -p "$OUT/paper"
+  paper=(--device cuda --dtype bf16 --eval-windows 0 --topic-windows 16 --calib-cache .cache/calib --exhaustive-ns 0
+         --calib-windows 128 --seqlen 2048 --pool 256 --ns 6 --seeds 0 --population 16 --generations 10 --stalled 5)
+  timeout "${EVOP_LIMIT_S:-330}" "$BIN/study" "${paper[@]}" --methods evop-ccds:kl --out "$OUT/paper/evop" 2>&1 | tail -n 30 | tee -a "$log"
+  timeout "${SLEB_LIMIT_S:-200}" "$BIN/study" "${paper[@]}" --methods sleb --out "$OUT/paper/sleb" 2>&1 | tail -n 30 | tee -a "$log"
+  cat "$OUT"/paper/*.rows.jsonl > "$OUT/paper_rows.jsonl" 2>/dev/null
   ;;
 mpi)
   # Candidate evaluations per second through the MPI work queue with 1, 2 and 4 ranks (one GPU
@@ -167,7 +209,7 @@ more1|more2|more3|more4)
   tar czf "$OUT/$1.tgz" -C "$OUT" more && rm -rf "$OUT/more"
   ;;
 *)
-  echo "usage: $0 7b|mpi|tests|study|more1|more2" >&2
+  echo "usage: $0 7b|attn|mpi|tests|study|more1|more2|more3|more4" >&2
   exit 2
   ;;
 esac

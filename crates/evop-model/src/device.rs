@@ -33,6 +33,13 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
 }
 
+/// Lets f32 matrix products on CUDA use TF32 tensor cores (10-bit mantissa inputs, f32
+/// accumulation) instead of full-precision f32 GEMMs. Process-wide; off by default. No effect on
+/// other devices or dtypes.
+pub fn allow_tf32(on: bool) {
+    candle_core::cuda::set_gemm_reduced_precision_f32(on);
+}
+
 /// Parses a dtype name: `f32`, `f16`, `bf16`.
 pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
     match name {

@@ -30,6 +30,7 @@ pub mod gguf;
 pub mod llama;
 pub mod load;
 pub mod mask;
+pub mod masked_softmax;
 pub mod model;
 pub mod numerics;
 pub mod opt;

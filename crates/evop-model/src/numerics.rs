@@ -104,8 +104,9 @@ impl RotaryTable {
 /// `(s, t)` or `None`. Returns `(b, s, h * d)`.
 ///
 /// On the CPU in f32, with no mask or a mask of the form [`causal_mask`] builds (each query sees
-/// one contiguous range of keys), this runs the fused kernel of [`crate::cpu_attention`]; every
-/// other case (GPU, bf16/f16, other masks) runs [`attention_reference`].
+/// one contiguous range of keys), this runs the fused kernel of [`crate::cpu_attention`]; on CUDA
+/// it runs [`attention_fused_softmax`]; every other case (Metal, CPU bf16/f16, other masks on the
+/// CPU) runs [`attention_reference`].
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -116,7 +117,31 @@ pub fn attention(
     if let Some(out) = crate::cpu_attention::try_attention(q, k, v, mask, scale)? {
         return Ok(out);
     }
+    if q.device().is_cuda() {
+        return attention_fused_softmax(q, k, v, mask, scale);
+    }
     attention_reference(q, k, v, mask, scale)
+}
+
+/// Scaled dot-product attention with materialised scores and one fused pass between the two
+/// products: `Q K^T` in the model's dtype, then [`crate::masked_softmax::masked_softmax`] (scale,
+/// mask and softmax in f32, written back in the model's dtype), then `P V`. The keys are read
+/// transposed in place (no copy). Shapes as in [`attention`]; any device.
+pub fn attention_fused_softmax(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let (b, h, s, d) = q.dims4()?;
+    let n_rep = h / k.dim(1)?;
+    let k = repeat_kv(k.contiguous()?, n_rep)?;
+    let v = repeat_kv(v.contiguous()?, n_rep)?;
+    let scores = q.contiguous()?.matmul(&k.t()?)?;
+    let probs = crate::masked_softmax::masked_softmax(&scores, mask, scale)?;
+    let out = probs.matmul(&v)?;
+    out.transpose(1, 2)?.reshape((b, s, h * d))
 }
 
 /// Scaled dot-product attention with tensor operations, on any device and dtype (the reference
@@ -352,6 +377,26 @@ mod tests {
         assert_eq!(silu_mul(&gb, &ub).unwrap().dtype(), DType::BF16);
         assert!(silu_mul(&g, &g.narrow(1, 0, 5).unwrap()).is_err());
         assert!(add(&g, &g.narrow(1, 0, 5).unwrap()).is_err());
+    }
+
+    /// The fused-softmax attention equals the tensor-op reference (on the CPU, and on
+    /// `EVOP_TEST_DEVICE` against the CPU reference): grouped-query heads, causal masks with a KV
+    /// offset and a sliding window, one-token steps without a mask.
+    #[test]
+    fn fused_softmax_attention_matches_the_reference() {
+        let cpu = Device::Cpu;
+        let dev = crate::device::test_device().expect("EVOP_TEST_DEVICE");
+        for (s, offset, window, heads, kv_heads) in [(7, 0, None, 4, 4), (33, 5, Some(16), 6, 2), (1, 20, None, 4, 1)] {
+            let q = Tensor::randn(0f32, 1.0, (2, heads, s, 16), &cpu).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (2, kv_heads, offset + s, 16), &cpu).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (2, kv_heads, offset + s, 16), &cpu).unwrap();
+            let mask = needs_mask(s, offset, window).then(|| causal_mask(s, offset, window, DType::F32, &cpu).unwrap());
+            let want = attention_reference(&q, &k, &v, mask.as_ref(), 0.25).unwrap();
+            let on = |t: &Tensor| t.to_device(&dev).unwrap();
+            let got = attention_fused_softmax(&on(&q), &on(&k), &on(&v), mask.as_ref().map(on).as_ref(), 0.25).unwrap();
+            let diff = (got.to_device(&cpu).unwrap() - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "s {s} offset {offset}: {diff}");
+        }
     }
 
     #[test]
