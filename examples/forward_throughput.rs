@@ -190,7 +190,7 @@ fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: 
     };
     let probs = numerics::softmax_last_dim(&masked)?.to_dtype(dtype)?;
     let pv = probs.matmul(&vx)?;
-    let attn = numerics::attention(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?;
+    let attn = numerics::causal_attention(&qr, &kr, &vh, &ctx, scale)?;
     let o = o_proj.forward(&attn)?;
     let x1 = (&hidden + &o)?;
     let n = numerics::rms_norm(&x1, &post_norm, eps)?;
@@ -214,7 +214,8 @@ fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: 
             Ok(numerics::split_heads(&v, kv_heads)?.contiguous()?)
         })),
         ("rotary (q, k)", "", Box::new(|| Ok(rotary.apply(&qh, &kh, 0)?.0))),
-        ("attention, as dispatched", "attn", Box::new(|| Ok(numerics::attention(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?))),
+        ("attention, as dispatched", "attn", Box::new(|| Ok(numerics::causal_attention(&qr, &kr, &vh, &ctx, scale)?))),
+        ("attention, materialised scores + fused softmax", "part", Box::new(|| Ok(numerics::attention_fused_softmax(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?))),
         ("attention, tensor ops (reference)", "ref", Box::new(|| Ok(numerics::attention_reference(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?))),
         ("  repeat_kv (k, v) + contiguous", "part", Box::new(|| {
             numerics::repeat_kv(kr.clone(), n_rep)?.contiguous()?;

@@ -404,53 +404,76 @@ impl SearchJob {
                 fitness = fitness.with_screen_options(options);
             }
         }
-        let protected: Vec<usize> = if self.search.protect_ends { vec![0, l - 1] } else { vec![] };
-        let space = MaskSpace::new(l, self.remove, protected)?;
-        let seeds = self
-            .search
-            .seed_masks
-            .iter()
-            .map(|r| Mask::from_removed(&space, r))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let outcome = match self.search.strategy {
-            StrategyKind::Ga => {
+        let outcome = match (&screening, self.search.strategy) {
+            (None, _) => self.search_on(&fitness, l)?,
+            (Some(sc), StrategyKind::Ga) => {
+                let (space, seeds) = self.space_and_seeds(l)?;
                 let ga = GaParams::new().population(self.search.population).check()?;
-                match &screening {
-                    None => self.configure(Search::new(space, ga), seeds).run(&fitness)?,
-                    Some(sc) => {
-                        let inner = screen_fitness.as_ref().expect("built for the GA");
-                        let screened = AtFidelity { inner, fidelity: Fidelity(sc.windows as u64) };
-                        let mut outcome = self.configure(Search::new(space, ga), seeds).run(&screened)?;
-                        // The final population is sorted best first (screened values).
-                        let mut finalists: Vec<Mask> = Vec::new();
-                        for m in &outcome.population {
-                            if finalists.len() < sc.finalists && !finalists.contains(m) {
-                                finalists.push(m.clone());
-                            }
-                        }
-                        let values = fitness.evaluate(&finalists, fitness.max_fidelity())?;
-                        let cost = |v: f64| evop_search::Direction::Minimize.cost(v);
-                        let best = (0..values.len()).min_by(|&a, &b| cost(values[a]).total_cmp(&cost(values[b]))).expect("at least one finalist");
-                        outcome.best = finalists[best].clone();
-                        outcome.best_value = values[best];
-                        outcome.evaluations += finalists.len() as u64;
-                        outcome
+                let inner = screen_fitness.as_ref().expect("built for the GA");
+                let screened = AtFidelity { inner, fidelity: Fidelity(sc.windows as u64) };
+                let mut outcome = self.configure(Search::new(space, ga), seeds).run(&screened)?;
+                // The final population is sorted best first (screened values).
+                let mut finalists: Vec<Mask> = Vec::new();
+                for m in &outcome.population {
+                    if finalists.len() < sc.finalists && !finalists.contains(m) {
+                        finalists.push(m.clone());
                     }
                 }
+                let values = fitness.evaluate(&finalists, fitness.max_fidelity())?;
+                let cost = |v: f64| evop_search::Direction::Minimize.cost(v);
+                let best = (0..values.len()).min_by(|&a, &b| cost(values[a]).total_cmp(&cost(values[b]))).expect("at least one finalist");
+                outcome.best = finalists[best].clone();
+                outcome.best_value = values[best];
+                outcome.evaluations += finalists.len() as u64;
+                outcome
             }
-            StrategyKind::OnePlusLambda => {
-                let mut es = OnePlusLambdaParams::new().lambda(self.search.population);
-                if let Some(sc) = &screening {
-                    es = es.screening([Screen { fidelity: Fidelity(sc.windows as u64), survivors: sc.finalists }]);
-                }
+            (Some(sc), StrategyKind::OnePlusLambda) => {
+                let (space, seeds) = self.space_and_seeds(l)?;
+                let es = OnePlusLambdaParams::new()
+                    .lambda(self.search.population)
+                    .screening([Screen { fidelity: Fidelity(sc.windows as u64), survivors: sc.finalists }]);
                 self.configure(Search::new(space, es.check()?), seeds).run(&fitness)?
             }
         };
+        let counts = match &screen_fitness {
+            Some(sf) => {
+                let (a, b) = (fitness.counts(), sf.counts());
+                ForwardCounts {
+                    block_forwards: a.block_forwards + b.block_forwards,
+                    head_forwards: a.head_forwards + b.head_forwards,
+                    candidates: a.candidates + b.candidates,
+                }
+            }
+            None => fitness.counts(),
+        };
+        self.report(outcome, &fitness, counts, start.elapsed().as_secs_f64())
+    }
+
+    /// The unscreened search of [`SearchJob::run`] (strategy, seed masks, termination, checkpoint,
+    /// observers) on any fitness over masks of `num_blocks` blocks: for callers that evaluate
+    /// candidates elsewhere, such as the MPI work queue. The observers are consumed.
+    pub fn search_on<F: Fitness>(&mut self, fitness: &F, num_blocks: usize) -> Result<evop_search::Outcome> {
+        let (space, seeds) = self.space_and_seeds(num_blocks)?;
+        Ok(match self.search.strategy {
+            StrategyKind::Ga => {
+                let ga = GaParams::new().population(self.search.population).check()?;
+                self.configure(Search::new(space, ga), seeds).run(fitness)?
+            }
+            StrategyKind::OnePlusLambda => {
+                let es = OnePlusLambdaParams::new().lambda(self.search.population).check()?;
+                self.configure(Search::new(space, es), seeds).run(fitness)?
+            }
+        })
+    }
+
+    /// The report of a finished search: the best mask re-scored on `fitness` at full fidelity,
+    /// with the given forward counts and search time.
+    pub fn report(&self, outcome: evop_search::Outcome, fitness: &CalibrationFitness, counts: ForwardCounts, search_seconds: f64) -> Result<PruneReport> {
         let mask = CalibrationFitness::block_mask(&outcome.best);
         let (value, window_losses) = fitness.score_mask(&mask)?;
         Ok(PruneReport {
             removed: mask.removed().collect(),
-            num_blocks: l,
+            num_blocks: mask.num_blocks(),
             objective_value: value,
             objective: self.objective,
             window_losses,
@@ -458,21 +481,18 @@ impl SearchJob {
             generations: outcome.generations,
             evaluations: outcome.evaluations,
             cache_hits: outcome.cache_hits,
-            counts: match &screen_fitness {
-                Some(sf) => {
-                    let (a, b) = (fitness.counts(), sf.counts());
-                    ForwardCounts {
-                        block_forwards: a.block_forwards + b.block_forwards,
-                        head_forwards: a.head_forwards + b.head_forwards,
-                        candidates: a.candidates + b.candidates,
-                    }
-                }
-                None => fitness.counts(),
-            },
+            counts,
             history: outcome.history,
             calibration_seconds: 0.0,
-            search_seconds: start.elapsed().as_secs_f64(),
+            search_seconds,
         })
+    }
+
+    fn space_and_seeds(&self, num_blocks: usize) -> Result<(MaskSpace, Vec<Mask>)> {
+        let protected: Vec<usize> = if self.search.protect_ends { vec![0, num_blocks - 1] } else { vec![] };
+        let space = MaskSpace::new(num_blocks, self.remove, protected)?;
+        let seeds = self.search.seed_masks.iter().map(|r| Mask::from_removed(&space, r)).collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok((space, seeds))
     }
 
     fn configure<St: evop_search::Strategy>(&mut self, search: Search<St>, seeds: Vec<Mask>) -> Search<St> {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["masked_softmax"];
+const KERNELS: &[&str] = &["masked_softmax", "flash_attention"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

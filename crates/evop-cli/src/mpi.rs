@@ -22,17 +22,18 @@
 //! and `--resume` then continue on whatever ranks are started next, with the same result: the search
 //! runs on rank 0 alone and the values do not depend on which rank computed them.
 //!
-//! The EvoP search here mirrors `evop::SearchJob::run` with the distributed fitness in place of the
-//! local one (same space, strategy, seeds, termination, checkpoint and report), so that a run on N
-//! ranks follows the single-process trajectory exactly; the CLI's MPI test compares the two.
+//! The EvoP search here is `evop::SearchJob::search_on` and `SearchJob::report` with the distributed
+//! fitness in place of the local one (the same code as a single-process run: space, strategy, seeds,
+//! termination, checkpoint and report), so that a run on N ranks follows the single-process
+//! trajectory exactly; the CLI's MPI test compares the two.
 //! `SearchSpec::screening` (a second, shorter fitness) is not mirrored and is refused.
 use crate::common::ModelArgs;
 use crate::experiment::{ExperimentArgs, MethodRun, Setup};
 use crate::progress::SearchProgress;
 use anyhow::{bail, Context, Result};
 use evop::model::{EvaluatorOptions, ForwardCounts, LossKind};
-use evop::search::{GaParams, Mask, MaskSpace, OnePlusLambdaParams, Search, Termination};
-use evop::{CalibrationFitness, Objective, PruneReport, StrategyKind};
+use evop::search::Mask;
+use evop::{CalibrationFitness, Objective, SearchJob};
 use evop_mpi::mpi::rsmpi::topology::SimpleCommunicator;
 use evop_mpi::mpi::rsmpi::traits::*;
 use evop_mpi::mpi::{broadcast_bytes, gather_to_root, node_local_rank, MpiRoot, MpiWorker, ROOT};
@@ -238,10 +239,20 @@ fn distributed_evop(
     let transport = MpiRoot::new(world)?;
     let workers = transport.workers();
     let options = EvaluatorOptions { batch_size: args.batch_size, loss, ..Default::default() };
-    let (search, queue_stats) = match CalibrationFitness::new(lm.clone(), &windows, calib.clusters.as_deref(), args.objective, options) {
+    let (search, queue_stats) = match CalibrationFitness::new(lm.clone(), &windows, calib.clusters.as_deref(), args.objective, options.clone()) {
         Ok(local) => {
             let queue = QueueFitness::new(transport, local).order_by_cost(candidate_cost);
-            let outcome = search_on(&queue, l, n, &spec, args.seed, checkpoint, interrupt, args.generations);
+            let mut search_job = SearchJob {
+                remove: n,
+                objective: args.objective,
+                search: spec.clone(),
+                evaluator: options,
+                seed: args.seed,
+                checkpoint,
+                interrupt,
+                observers: vec![Box::new(SearchProgress::new(args.generations, &format!("evop n={n}")))],
+            };
+            let outcome = search_job.search_on(&queue, l).map(|o| (o, search_job)).map_err(anyhow::Error::from);
             // Always release the workers, even after a failed search: they leave `serve` and join the gather.
             queue.shutdown()?;
             let stats = queue.stats();
@@ -257,7 +268,7 @@ fn distributed_evop(
         }
     };
     let gathered = gather_to_root(world, ROOT, &[0u64; 4]).expect("rank 0 is the root");
-    let (outcome, queue) = search?;
+    let ((outcome, search_job), queue) = search?;
     let local = queue.local();
     let mut counts = local.counts();
     for g in &gathered[1..] {
@@ -268,22 +279,7 @@ fn distributed_evop(
         };
     }
     let mask = CalibrationFitness::block_mask(&outcome.best);
-    let (value, window_losses) = local.score_mask(&mask)?;
-    let report = PruneReport {
-        removed: mask.removed().collect(),
-        num_blocks: l,
-        objective_value: value,
-        objective: args.objective,
-        window_losses,
-        stop_reason: Some(outcome.reason),
-        generations: outcome.generations,
-        evaluations: outcome.evaluations,
-        cache_hits: outcome.cache_hits,
-        counts,
-        history: outcome.history,
-        calibration_seconds: 0.0,
-        search_seconds: start.elapsed().as_secs_f64(),
-    };
+    let report = search_job.report(outcome, local, counts, start.elapsed().as_secs_f64())?;
     if let Some(dir) = plots_dir {
         crate::plots::convergence(&dir.join(format!("convergence-n{n}")), &report.history)?;
     }
@@ -317,63 +313,6 @@ fn distributed_evop(
     Ok(MethodRun { method: "evop".into(), n, removed, search_seconds, counts, calibration_nll, eval: None, detail })
 }
 
-/// The search of `evop::SearchJob::run` on the given fitness.
-#[allow(clippy::too_many_arguments)]
-fn search_on<F: evop::search::Fitness>(
-    fitness: &F,
-    l: usize,
-    n: usize,
-    spec: &evop::SearchSpec,
-    seed: u64,
-    checkpoint: Option<(PathBuf, bool)>,
-    interrupt: Option<Arc<AtomicBool>>,
-    generations: u64,
-) -> Result<evop::search::Outcome> {
-    let protected: Vec<usize> = if spec.protect_ends { vec![0, l - 1] } else { vec![] };
-    let space = MaskSpace::new(l, n, protected)?;
-    let seeds = spec.seed_masks.iter().map(|r| Mask::from_removed(&space, r)).collect::<std::result::Result<Vec<_>, _>>()?;
-    let progress = SearchProgress::new(generations, &format!("evop n={n}"));
-    let configure = Configure { spec, seed, seeds, checkpoint, interrupt, progress };
-    Ok(match spec.strategy {
-        StrategyKind::Ga => configure.apply(Search::new(space, GaParams::new().population(spec.population).check()?)).run(fitness)?,
-        StrategyKind::OnePlusLambda => {
-            configure.apply(Search::new(space, OnePlusLambdaParams::new().lambda(spec.population).check()?)).run(fitness)?
-        }
-    })
-}
-
-/// What `SearchJob::configure` adds to a search: seed, seed masks, termination, checkpoint, progress.
-struct Configure<'a> {
-    spec: &'a evop::SearchSpec,
-    seed: u64,
-    seeds: Vec<Mask>,
-    checkpoint: Option<(PathBuf, bool)>,
-    interrupt: Option<Arc<AtomicBool>>,
-    progress: SearchProgress,
-}
-
-impl Configure<'_> {
-    fn apply<St: evop::search::Strategy>(self, s: Search<St>) -> Search<St> {
-        let mut s = s.seed(self.seed).seed_masks(self.seeds).until(Termination::MaxGenerations(self.spec.generations));
-        if let Some(k) = self.spec.stalled {
-            s = s.until(Termination::Stalled(k));
-        }
-        if let Some(b) = self.spec.budget {
-            s = s.until(Termination::Budget(b));
-        }
-        if let Some(flag) = self.interrupt {
-            s = s.until(Termination::Interrupted(flag));
-        }
-        if let Some((path, resume)) = self.checkpoint {
-            s = s.checkpoint(path.clone());
-            if resume && path.exists() {
-                s = s.resume_from(path);
-            }
-        }
-        s.observer(self.progress)
-    }
-}
-
 /// Any other command under a launcher with more than one rank is refused (it would run N times).
 pub fn single_process_only() -> Result<()> {
     if !evop_mpi::launched_by_mpi()? {
@@ -389,6 +328,7 @@ pub fn single_process_only() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use evop::search::MaskSpace;
 
     #[test]
     fn cost_counts_blocks_after_the_first_removed_one() {

@@ -26,6 +26,7 @@ pub mod calibration;
 pub mod cpu_attention;
 pub mod device;
 pub mod error;
+pub mod flash_attention;
 pub mod gguf;
 pub mod llama;
 pub mod load;

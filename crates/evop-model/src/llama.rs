@@ -3,7 +3,7 @@
 //! attention window, so both share this file and differ only in `sliding_window`.
 use crate::error::Result;
 use crate::model::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
-use crate::numerics::{self, attention, split_heads, RotaryTable};
+use crate::numerics::{self, split_heads, RotaryTable};
 use candle_core::{Device, Module, Tensor};
 use crate::numerics::Linear;
 use candle_nn::{rms_norm, Embedding, RmsNorm, VarBuilder};
@@ -188,7 +188,7 @@ impl Attention {
             Some(c) => c.append(k, v)?,
             None => (k, v),
         };
-        let out = attention(&q, &k, &v, ctx.mask.as_ref(), self.scale)?;
+        let out = numerics::causal_attention(&q, &k, &v, ctx, self.scale)?;
         self.o.forward(&out)
     }
 }

@@ -54,6 +54,8 @@ pub struct AttnContext {
     pub seq_len: usize,
     /// `(seq_len, offset + seq_len)` additive mask, or `None` when no position is hidden.
     pub mask: Option<Tensor>,
+    /// The model's attention window (Mistral), which the mask also encodes.
+    pub sliding_window: Option<usize>,
 }
 
 impl AttnContext {
@@ -71,7 +73,7 @@ impl AttnContext {
         } else {
             None
         };
-        Ok(Self { offset, seq_len, mask })
+        Ok(Self { offset, seq_len, mask, sliding_window: info.sliding_window })
     }
 }
 

@@ -123,6 +123,22 @@ pub fn attention(
     attention_reference(q, k, v, mask, scale)
 }
 
+/// Causal attention for a model chunk described by `ctx` (offset, mask, sliding window):
+/// [`crate::flash_attention`] where it applies (CUDA, bf16/f16, head size 64 or 128, prompts of at
+/// least [`crate::flash_attention::MIN_QUERIES`] tokens), otherwise [`attention`] with the mask.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    ctx: &crate::model::AttnContext,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    if let Some(out) = crate::flash_attention::try_flash_attention(q, k, v, ctx.offset, ctx.sliding_window, scale)? {
+        return Ok(out);
+    }
+    attention(q, k, v, ctx.mask.as_ref(), scale)
+}
+
 /// Scaled dot-product attention with materialised scores and one fused pass between the two
 /// products: `Q K^T` in the model's dtype, then [`crate::masked_softmax::masked_softmax`] (scale,
 /// mask and softmax in f32, written back in the model's dtype), then `P V`. The keys are read

@@ -4,7 +4,7 @@
 //! embedding width differs from the hidden size (OPT-350m).
 use crate::error::{ModelError, Result};
 use crate::model::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
-use crate::numerics::{attention, split_heads};
+use crate::numerics::{causal_attention, split_heads};
 use candle_core::{Module, Tensor};
 use crate::numerics::Linear;
 use candle_nn::{layer_norm, Embedding, LayerNorm, LayerNormConfig, VarBuilder};
@@ -194,7 +194,7 @@ impl BlockLm for Opt {
             Some(c) => c.append(k, v)?,
             None => (k, v),
         };
-        let attn = b.out.forward(&attention(&q, &k, &v, ctx.mask.as_ref(), self.scale)?)?;
+        let attn = b.out.forward(&causal_attention(&q, &k, &v, ctx, self.scale)?)?;
         let x = norm_out((hidden + attn)?, &b.attn_norm)?;
         let n = norm_in(&x, &b.mlp_norm)?;
         let mlp = b.fc2.forward(&b.fc1.forward(&n)?.relu()?)?;
