@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/gpu.md and docs/results.md, run on a machine with NVIDIA H200s
 # (4 GPUs for every phase but `tests`), from binaries built here by scripts/build_cuda.sh and
-# packed as gzip files into .cache/gpubin/. Results go to $OUT (default out/gpu).
+# packed as gzip or xz files into .cache/gpubin/. Results go to $OUT (default out/gpu).
 #
 #   scripts/gpu_batch.sh 7b      # Llama-2-7B-shaped throughput (evop vs PyTorch), placement, replicas
 #   scripts/gpu_batch.sh mpi     # the MPI evaluator with 1, 2 and 4 ranks
@@ -19,10 +19,17 @@ OUT="${OUT:-out/gpu}"
 mkdir -p "$OUT"
 BIN=/tmp/evop-bin
 mkdir -p "$BIN"
-for gz in .cache/gpubin/*.gz; do
-  [ -e "$gz" ] || continue
-  b="$BIN/$(basename "$gz" .gz)"
-  [ -x "$b" ] || { gunzip -c "$gz" > "$b" && chmod +x "$b"; }
+# Binaries travel gzip- or xz-compressed (xz: about a third smaller); Python's lzma unpacks xz
+# where no xz tool is installed.
+for z in .cache/gpubin/*.gz .cache/gpubin/*.xz; do
+  [ -e "$z" ] || continue
+  b="$BIN/$(basename "${z%.*}")"
+  [ -x "$b" ] && continue
+  case "$z" in
+    *.gz) gunzip -c "$z" > "$b" ;;
+    *.xz) python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$z" "$b" ;;
+  esac
+  chmod +x "$b"
 done
 export EVOP_CACHE_DIR="$PWD/.cache/devcache" NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 gguf="$EVOP_CACHE_DIR/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -22,6 +22,7 @@
 //! println!("{:.3}", ppl.perplexity);
 //! # Ok(()) }
 //! ```
+pub mod block_ops;
 pub mod calibration;
 pub mod cpu_attention;
 pub mod device;

@@ -82,9 +82,8 @@ impl RotaryTable {
         self.cos.dims()[0]
     }
 
-    /// Rotates `q` and `k` (each `(b, heads, seq, head_dim)`) for absolute positions starting at `offset`.
-    pub fn apply(&self, q: &Tensor, k: &Tensor, offset: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let seq = q.dim(2)?;
+    /// The `(seq, head_dim / 2)` cos and sin rows of positions `offset..offset + seq`.
+    pub fn rows(&self, offset: usize, seq: usize) -> candle_core::Result<(Tensor, Tensor)> {
         if offset + seq > self.max_positions() {
             candle_core::bail!(
                 "position {} exceeds the rotary table ({} positions)",
@@ -92,8 +91,23 @@ impl RotaryTable {
                 self.max_positions()
             );
         }
-        let cos = self.cos.narrow(0, offset, seq)?;
-        let sin = self.sin.narrow(0, offset, seq)?;
+        Ok((self.cos.narrow(0, offset, seq)?, self.sin.narrow(0, offset, seq)?))
+    }
+
+    /// Rotates `q` and `k` (each `(b, heads, seq, head_dim)`) for absolute positions starting at `offset`.
+    ///
+    /// On CUDA, when `q` and `k` are the head views of projection outputs (as [`split_heads`]
+    /// makes them), one fused kernel per tensor rotates and transposes them
+    /// ([`crate::block_ops::rope_to_heads`]).
+    pub fn apply(&self, q: &Tensor, k: &Tensor, offset: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let seq = q.dim(2)?;
+        let (cos, sin) = self.rows(offset, seq)?;
+        if q.device().is_cuda() {
+            let (qt, kt) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
+            if qt.is_contiguous() && kt.is_contiguous() {
+                return Ok((crate::block_ops::rope_to_heads(&qt, &cos, &sin)?, crate::block_ops::rope_to_heads(&kt, &cos, &sin)?));
+            }
+        }
         let q = candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?;
         let k = candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?;
         Ok((q, k))
@@ -193,10 +207,14 @@ pub fn split_heads(xs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 
 /// `silu(gate) * up` elementwise (SwiGLU's gating) on same-shaped tensors. For f32 on the CPU
 /// one parallel, vectorised pass (candle runs `silu` as a single-threaded pass with a library
-/// `exp`, then `*` over a temporary); otherwise the tensor ops.
+/// `exp`, then `*` over a temporary); on CUDA one fused kernel ([`crate::block_ops::silu_mul`]);
+/// otherwise the tensor ops.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     if let Some(out) = cpu_binary_f32(gate, up, silu_mul_chunk)? {
         return Ok(out);
+    }
+    if gate.device().is_cuda() && gate.shape() == up.shape() {
+        return crate::block_ops::silu_mul(gate, up);
     }
     silu(gate)? * up
 }
