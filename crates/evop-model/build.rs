@@ -14,6 +14,7 @@ fn main() {
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let cap = compute_cap();
+    println!("cargo:rerun-if-changed=kernels/common.cuh");
     let nvcc = std::env::var_os("CUDA_HOME")
         .map(|h| PathBuf::from(h).join("bin/nvcc"))
         .filter(|p| p.exists())

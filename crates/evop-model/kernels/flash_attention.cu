@@ -27,14 +27,12 @@ template <> struct Pack<__nv_bfloat16> {
         __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
         return *reinterpret_cast<uint32_t*>(&v);
     }
-    static __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 };
 template <> struct Pack<__half> {
     static __device__ __forceinline__ uint32_t two(float lo, float hi) {
         __half2 v = __floats2half2_rn(lo, hi);
         return *reinterpret_cast<uint32_t*>(&v);
     }
-    static __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 };
 
 // d += a * b for one 16x8x16 tile; a: 4 registers (16x16, row-major fragment), b: 2 (16x8, col).

@@ -3,17 +3,9 @@
 // type. It replaces four elementwise passes of the tensor-op attention (scale, cast to f32, mask
 // add, cast back) and candle's one-warp-per-row softmax. One thread block per row; the row is read
 // three times (maximum, sum, output), from L1/L2 after the first.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "common.cuh"
 #include <math_constants.h>
 
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-template <typename T> __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
-template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
 
 // Reduces `v` over the thread block (blockDim.x a multiple of 32, at most 1024); every thread
 // gets the result. `shared` holds 32 floats.

@@ -157,23 +157,12 @@ impl CustomOp3 for RopeToHeads {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+    use crate::cuda_kernels::{grid_stride, view};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits};
     use candle_core::cuda_backend::{kernel_name, Map2, Map3, WrapErr};
     use candle_core::{CudaDevice, Layout, WithDType};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/block_ops.ptx"));
-
-    fn view<'a, T>(x: &'a CudaSlice<T>, l: &Layout) -> candle_core::Result<CudaView<'a, T>> {
-        match l.contiguous_offsets() {
-            Some((a, b)) => Ok(x.slice(a..b)),
-            None => candle_core::bail!("block op: inputs must be contiguous"),
-        }
-    }
-
-    /// A grid-stride launch over `work` items, 256 threads per block.
-    fn config(work: usize) -> LaunchConfig {
-        LaunchConfig { grid_dim: (work.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-    }
 
     pub(super) struct SiluMulKernel;
     impl Map2 for SiluMulKernel {
@@ -196,7 +185,7 @@ mod cuda {
             builder.arg(&out);
             candle_core::builder_arg!(builder, n);
             // SAFETY: `g`, `u` and `out` hold `n` elements.
-            unsafe { builder.launch(config(n.div_ceil(2))) }.w()?;
+            unsafe { builder.launch(grid_stride(n.div_ceil(2))) }.w()?;
             Ok(out)
         }
     }
@@ -226,7 +215,7 @@ mod cuda {
             builder.arg(&out);
             candle_core::builder_arg!(builder, b as i32, seq as i32, h as i32, d as i32);
             // SAFETY: shapes checked in `rope_to_heads`.
-            unsafe { builder.launch(config(n / 2)) }.w()?;
+            unsafe { builder.launch(grid_stride(n / 2)) }.w()?;
             Ok(out)
         }
     }
@@ -235,20 +224,8 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff as max_diff;
     use candle_core::Device;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap() - b.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// The CPU implementations equal candle's tensor ops; on `EVOP_TEST_DEVICE` the device's
     /// results equal the CPU implementations'.

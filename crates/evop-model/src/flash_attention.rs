@@ -108,18 +108,12 @@ impl candle_core::CustomOp3 for FlashAttention {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::FlashAttention;
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+    use crate::cuda_kernels::view;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
     use candle_core::cuda_backend::{kernel_name, Map3, WrapErr};
     use candle_core::{CudaDevice, Layout, WithDType};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attention.ptx"));
-
-    fn view<'a, T>(x: &'a CudaSlice<T>, l: &Layout) -> candle_core::Result<CudaView<'a, T>> {
-        match l.contiguous_offsets() {
-            Some((a, b)) => Ok(x.slice(a..b)),
-            None => candle_core::bail!("flash attention: inputs must be contiguous"),
-        }
-    }
 
     impl Map3 for FlashAttention {
         fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
@@ -203,16 +197,7 @@ mod tests {
                 continue;
             };
             assert_eq!(got.dims(), &[b, s, h * d]);
-            let diff = (got.to_dtype(DType::F32).unwrap().to_device(&cpu).unwrap() - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::test_util::max_abs_diff(&got, &want);
             // Probabilities are rounded to the input dtype before P V, as in FlashAttention.
             let tol = if dtype == DType::BF16 { 2e-2 } else { 4e-3 };
             assert!(diff < tol, "case b{b} h{h}/{h_kv} s{s} offset{offset} window{window:?} d{d} {dtype:?}: max diff {diff}");

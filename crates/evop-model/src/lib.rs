@@ -25,6 +25,8 @@
 pub mod block_ops;
 pub mod calibration;
 pub mod cpu_attention;
+#[cfg(feature = "cuda")]
+mod cuda_kernels;
 pub mod device;
 pub mod error;
 pub mod flash_attention;
@@ -40,6 +42,9 @@ pub mod perplexity;
 pub mod save;
 pub mod synthetic;
 pub mod tokenizer;
+
+#[cfg(test)]
+mod test_util;
 
 pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts, LossKind};
 pub use device::{parse_device, parse_dtype};

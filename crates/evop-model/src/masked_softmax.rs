@@ -131,6 +131,7 @@ impl CustomOp2 for MaskedSoftmax {
 
 #[cfg(feature = "cuda")]
 mod cuda {
+    use crate::cuda_kernels::view;
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
     use candle_core::cuda_backend::{kernel_name, CudaStorageSlice, Map1, Map2, WrapErr};
@@ -150,8 +151,7 @@ mod cuda {
         dev: &CudaDevice,
         scale: f32,
     ) -> candle_core::Result<CudaSlice<T>> {
-        let Some((x0, x1)) = xl.contiguous_offsets() else { candle_core::bail!("masked_softmax: scores must be contiguous") };
-        let x = x.slice(x0..x1);
+        let x = view(x, xl)?;
         let cols = xl.shape().dims().last().copied().unwrap_or(1);
         let el = xl.shape().elem_count();
         let rows = el / cols.max(1);
@@ -164,8 +164,7 @@ mod cuda {
         let mask_view;
         let mask_rows = match mask {
             Some((m, ml)) => {
-                let Some((m0, m1)) = ml.contiguous_offsets() else { candle_core::bail!("masked_softmax: mask must be contiguous") };
-                mask_view = m.slice(m0..m1);
+                mask_view = view(m, ml)?;
                 builder.arg(&mask_view);
                 ml.shape().elem_count() / cols.max(1)
             }
@@ -220,6 +219,7 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff as max_diff;
     use candle_core::Device;
 
     fn reference(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
@@ -229,19 +229,6 @@ mod tests {
             None => s,
         };
         candle_nn::ops::softmax_last_dim(&s).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     #[test]

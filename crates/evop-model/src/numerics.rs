@@ -153,6 +153,12 @@ pub fn causal_attention(
     attention(q, k, v, ctx.mask.as_ref(), scale)
 }
 
+/// Keys and values with every grouped-query head repeated up to `heads` (contiguous).
+fn expand_kv(heads: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let n_rep = heads / k.dim(1)?;
+    Ok((repeat_kv(k.contiguous()?, n_rep)?, repeat_kv(v.contiguous()?, n_rep)?))
+}
+
 /// Scaled dot-product attention with materialised scores and one fused pass between the two
 /// products: `Q K^T` in the model's dtype, then [`crate::masked_softmax::masked_softmax`] (scale,
 /// mask and softmax in f32, written back in the model's dtype), then `P V`. The keys are read
@@ -165,9 +171,7 @@ pub fn attention_fused_softmax(
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
-    let n_rep = h / k.dim(1)?;
-    let k = repeat_kv(k.contiguous()?, n_rep)?;
-    let v = repeat_kv(v.contiguous()?, n_rep)?;
+    let (k, v) = expand_kv(h, k, v)?;
     let scores = q.contiguous()?.matmul(&k.t()?)?;
     let probs = crate::masked_softmax::masked_softmax(&scores, mask, scale)?;
     let out = probs.matmul(&v)?;
@@ -185,9 +189,7 @@ pub fn attention_reference(
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
-    let n_rep = h / k.dim(1)?;
-    let k = repeat_kv(k.clone(), n_rep)?;
-    let v = repeat_kv(v.clone(), n_rep)?;
+    let (k, v) = expand_kv(h, k, v)?;
     let dtype = q.dtype();
     let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
     let scores = match mask {

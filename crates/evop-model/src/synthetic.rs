@@ -133,7 +133,6 @@ pub fn load_synthetic(name: &str, seed: u64, opts: &LoadOptions) -> Result<Loade
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::BlockLm;
 
     #[test]
     fn same_seed_same_weights_and_other_seed_differs() {
