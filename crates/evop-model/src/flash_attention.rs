@@ -204,6 +204,34 @@ mod tests {
         }
     }
 
+    /// Which keys each query sees, exactly: with `q = 0` every visible key gets the same weight,
+    /// and value row `j` is the one-hot vector of column `j % d`, so output column `c` of query
+    /// `i` is `1 / n_i` when key `c` (mod `d`) is visible to it and 0 otherwise. A key wrongly
+    /// shown or hidden (at a tile edge, the causal limit, the window's start or past the last key)
+    /// moves a value by about `1 / n_i` >= 1/40 here, far above the rounding of `1 / n_i`.
+    #[test]
+    fn kernel_sees_exactly_the_causal_window() {
+        let dev = crate::device::test_device().expect("EVOP_TEST_DEVICE");
+        let cpu = Device::Cpu;
+        let (h, d) = (2, 64);
+        for (s, offset, window) in [(100, 30, Some(40)), (70, 0, Some(64)), (33, 20, None)] {
+            let t = offset + s;
+            let q = Tensor::zeros((1, h, s, d), DType::F32, &cpu).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (1, h, t, d), &cpu).unwrap();
+            let onehot: Vec<f32> = (0..h * t * d).map(|i| if (i / d) % t % d == i % d { 1.0 } else { 0.0 }).collect();
+            let v = Tensor::from_vec(onehot, (1, h, t, d), &cpu).unwrap();
+            let mask = crate::numerics::causal_mask(s, offset, window, DType::F32, &cpu).unwrap();
+            let want = crate::numerics::attention_reference(&q, &k, &v, Some(&mask), 0.125).unwrap();
+            let on = |x: &Tensor| x.to_dtype(DType::F16).unwrap().to_device(&dev).unwrap();
+            let Some(got) = try_flash_attention(&on(&q), &on(&k), &on(&v), offset, window, 0.125).unwrap() else {
+                assert!(!dev.is_cuda() || !cfg!(feature = "cuda"), "the kernel must apply on CUDA");
+                continue;
+            };
+            let diff = crate::test_util::max_abs_diff(&got, &want);
+            assert!(diff < 2e-3, "s {s} offset {offset} window {window:?}: max diff {diff}");
+        }
+    }
+
     #[test]
     fn shape_mismatches_are_errors_and_the_cpu_is_not_served() {
         let cpu = Device::Cpu;
