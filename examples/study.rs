@@ -35,7 +35,7 @@ use evop::model::{load, BlockLm, BlockMask, CalibrationEvaluator, EvaluatorOptio
 use evop::search::{Fidelity, Fitness, Mask, MaskSpace};
 use evop::{
     build_calibration, evaluate, CalibrationFitness, CalibrationSpec, EmbedderKind, EvalSet, Objective, Pipeline, SamplerKind,
-    SearchSpec, StrategyKind,
+    Screening, SearchSpec, StrategyKind,
 };
 use std::sync::Arc;
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,10 @@ struct Args {
     /// apart in one table.
     #[arg(long, default_value = "")]
     tag: String,
+    /// Screen the GA's candidates on the first N tokens of every calibration window and score the
+    /// 4 best at full length (as `evop prune --screen-tokens N`).
+    #[arg(long)]
+    screen_tokens: Option<usize>,
     /// Evaluation windows (0 = the whole evaluation split).
     #[arg(long, default_value_t = 32)]
     eval_windows: usize,
@@ -298,7 +302,11 @@ fn main() -> Result<()> {
                         greedy(&lm, calib, objective, opts, n)?
                     } else {
                         let strategy = if kind == "evop1l-" { StrategyKind::OnePlusLambda } else { StrategyKind::Ga };
-                        let mut spec = SearchSpec { strategy, population: args.population, generations: args.generations, stalled: Some(args.stalled), ..SearchSpec::default() };
+                        let screening = match (strategy, args.screen_tokens) {
+                            (StrategyKind::Ga, Some(t)) => Some(Screening { windows: calib.len(), tokens: Some(t), position_stride: 1, finalists: 4 }),
+                            _ => None,
+                        };
+                        let mut spec = SearchSpec { strategy, population: args.population, generations: args.generations, stalled: Some(args.stalled), screening, ..SearchSpec::default() };
                         spec.seed_with_baselines(&lm, &calib.token_windows(), n, &args.seed_with)?;
                         let r = Pipeline::new(&model, split.calibration.clone())
                             .remove(n)

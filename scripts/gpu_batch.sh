@@ -8,6 +8,7 @@
 #   scripts/gpu_batch.sh tests   # device-parametrised test binaries on cuda (needs the SmolLM2 GGUF)
 #   scripts/gpu_batch.sh study   # the calibration/objective study, 4 processes per GPU
 #   scripts/gpu_batch.sh paper   # EvoP, then SLEB, at 128 x 2048 calibration tokens (one GPU)
+#   scripts/gpu_batch.sh screen  # the chosen EvoP defaults with and without --screen-tokens 32 (one GPU)
 #   scripts/gpu_batch.sh attn    # one or two GPUs: the fused-softmax attention (profile, 7B throughput
 #                                # against PyTorch), pipeline placement, f32 with and without TF32
 #
@@ -84,6 +85,25 @@ attn)
     say "device_check: SmolLM2 on cuda against the CPU"
     "$BIN/device_check" --device cuda 2>&1 | tee -a "$log"
   fi
+  ;;
+screen)
+  # Screening (`--screen-tokens 32`) against the unscreened default search, same lease, 3 seeds,
+  # n = 6 and 9, CCDS 4 x 128, KL objective, GA 32 x 30, zero-shot columns.
+  mkdir -p "$OUT/screen"
+  common=(--device cuda --dtype bf16 --eval-windows 0 --topic-windows 16 --calib-cache .cache/calib --exhaustive-ns 0
+          --calib-windows 4 --seqlen 128 --pool 512 --ns 6,9 --methods evop-ccds:kl --population 32 --generations 30
+          --stalled 8 --tasks science,winogrande,step_inference --task-limit 200)
+  threads=$(( $(nproc) / 6 ))
+  for s in 0 1 2; do
+    RAYON_NUM_THREADS=$threads timeout 500 "$BIN/study" "${common[@]}" --seeds $s --tag /32x30+screen32 --screen-tokens 32 \
+      --out "$OUT/screen/screen-s$s" > "$OUT/screen/screen-s$s.log" 2>&1 &
+    RAYON_NUM_THREADS=$threads timeout 500 "$BIN/study" "${common[@]}" --seeds $s --tag /32x30-rerun \
+      --out "$OUT/screen/full-s$s" > "$OUT/screen/full-s$s.log" 2>&1 &
+  done
+  wait
+  cat "$OUT"/screen/*.rows.jsonl > "$OUT/screen_rows.jsonl"
+  tail -n 4 "$OUT"/screen/*.log > "$OUT/screen_logs.txt"
+  rm -rf "$OUT/screen"
   ;;
 paper)
   # The paper's calibration budget, 128 windows x 2048 tokens (CCDS over 256 candidate windows,
