@@ -2,7 +2,8 @@
 // - silu_mul: y = silu(gate) * up (SwiGLU's activation), two elements per thread step;
 // - rope_to_heads: rotary embedding (half-split layout, as Hugging Face Llama) of a projection
 //   output read as (b, s, h, d) and written as (b, h, s, d), so the transpose to heads costs no
-//   separate copy.
+//   separate copy;
+// - to_heads: the same transpose without the rotation (values), 16 bytes per thread step.
 // Arithmetic in f32 for every storage type.
 #include "common.cuh"
 #include <stdint.h>
@@ -46,6 +47,26 @@ __device__ void rope_to_heads(const T* __restrict__ x, const T* __restrict__ cos
     }
 }
 
+// (b, s, h, d) -> (b, h, s, d), in 16-byte chunks (d a multiple of 8 and rows 16-byte aligned, so
+// a row holds whole chunks for 2- and 4-byte types).
+template <typename T>
+__device__ void to_heads(const T* __restrict__ x, T* __restrict__ y, int b, int s, int h, int d) {
+    constexpr int V = 16 / sizeof(T);  // elements per chunk
+    const int chunks = d / V;
+    const size_t total = (size_t)b * s * h * chunks;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
+        const int c = idx % chunks;
+        size_t rest = idx / chunks;
+        const int head = rest % h;
+        rest /= h;
+        const int pos = rest % s;
+        const int batch = rest / s;
+        const uint4 v = *reinterpret_cast<const uint4*>(x + (((size_t)batch * s + pos) * h + head) * d + c * V);
+        *reinterpret_cast<uint4*>(y + (((size_t)batch * h + head) * s + pos) * d + c * V) = v;
+    }
+}
+
 #define OPS(T, SUFFIX)                                                                                 \
     extern "C" __global__ void evop_silu_mul_##SUFFIX(const T* g, const T* u, T* y, size_t n) {       \
         silu_mul<T>(g, u, y, n);                                                                     \
@@ -53,6 +74,9 @@ __device__ void rope_to_heads(const T* __restrict__ x, const T* __restrict__ cos
     extern "C" __global__ void evop_rope_to_heads_##SUFFIX(const T* x, const T* cos, const T* sin, T* y, \
                                                            int b, int s, int h, int d) {             \
         rope_to_heads<T>(x, cos, sin, y, b, s, h, d);                                                \
+    }                                                                                                \
+    extern "C" __global__ void evop_to_heads_##SUFFIX(const T* x, T* y, int b, int s, int h, int d) { \
+        to_heads<T>(x, y, b, s, h, d);                                                               \
     }
 
 OPS(float, f32)

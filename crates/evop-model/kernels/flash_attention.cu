@@ -53,10 +53,19 @@ template <> __device__ __forceinline__ void mma<__half>(float* d, const uint32_t
 template <typename T>
 __device__ __forceinline__ uint32_t two_halves(const T* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-template <typename T>
-__device__ __forceinline__ uint32_t pair(T lo, T hi) {
-    uint16_t l = *reinterpret_cast<uint16_t*>(&lo), h = *reinterpret_cast<uint16_t*>(&hi);
-    return (uint32_t)l | ((uint32_t)h << 16);
+// Four 8x8 tiles of 16-bit values from shared memory; lane l gives the address of row l % 8 of tile
+// l / 8. Without TRANS lane t receives (row t / 4, columns 2 (t % 4) and +1) of each tile, with
+// TRANS (rows 2 (t % 4) and +1, column t / 4): the B-fragment layouts of mma.m16n8k16.
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    if (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    }
 }
 
 template <typename T, int D>
@@ -120,14 +129,19 @@ __device__ void flash_fwd(const T* __restrict__ q, const T* __restrict__ k, cons
         if (row0 >= s) continue;  // this warp has no query rows (it still helps load tiles)
 
         // Scores S = Q K^T for 16 rows x 64 keys: 8 column tiles of 8 keys.
+        // K fragments by ldmatrix: tiles (keys nt*8.., dims kc*16 + {0, 8}, (kc+1)*16 + {0, 8}).
         float sc[BK / 8][4];
+        const int tile = lane / 8, tile_row = lane % 8;
         #pragma unroll
         for (int nt = 0; nt < BK / 8; ++nt) {
             sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-            const T* krow = ks + (nt * 8 + g) * LD + 2 * tq;
+            const T* krow = ks + (nt * 8 + tile_row) * LD + (tile >> 1) * 16 + (tile & 1) * 8;
             #pragma unroll
-            for (int kc = 0; kc < D / 16; ++kc) {
-                mma<T>(sc[nt], qa[kc], two_halves(krow + kc * 16), two_halves(krow + kc * 16 + 8));
+            for (int kc = 0; kc < D / 16; kc += 2) {
+                uint32_t kb[4];
+                ldmatrix_x4<false>(kb, krow + kc * 16);
+                mma<T>(sc[nt], qa[kc], kb[0], kb[1]);
+                mma<T>(sc[nt], qa[kc + 1], kb[2], kb[3]);
             }
         }
         // Mask, scale into the log2 domain, running maxima.
@@ -179,13 +193,14 @@ __device__ void flash_fwd(const T* __restrict__ q, const T* __restrict__ k, cons
                 Pack<T>::two(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
                 Pack<T>::two(sc[2 * kc + 1][2], sc[2 * kc + 1][3]),
             };
-            const T* v0 = vs + (kc * 16 + 2 * tq) * LD + g;
+            // V fragments by transposing ldmatrix: tiles (keys kc*16 + {0, 8}, dims dt*8, (dt+1)*8).
+            const T* vrow = vs + (kc * 16 + (tile & 1) * 8 + tile_row) * LD + (tile >> 1) * 8;
             #pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt) {
-                const T* vp = v0 + dt * 8;
-                const uint32_t b0 = pair<T>(vp[0], vp[LD]);
-                const uint32_t b1 = pair<T>(vp[8 * LD], vp[9 * LD]);
-                mma<T>(o[dt], pa, b0, b1);
+            for (int dt = 0; dt < D / 8; dt += 2) {
+                uint32_t vb[4];
+                ldmatrix_x4<true>(vb, vrow + dt * 8);
+                mma<T>(o[dt], pa, vb[0], vb[1]);
+                mma<T>(o[dt + 1], pa, vb[2], vb[3]);
             }
         }
     }

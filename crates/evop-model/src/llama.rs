@@ -182,7 +182,7 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         let q = split_heads(&self.q.forward(x)?, self.heads)?;
         let k = split_heads(&self.k.forward(x)?, self.kv_heads)?;
-        let v = split_heads(&self.v.forward(x)?, self.kv_heads)?.contiguous()?;
+        let v = numerics::split_heads_contiguous(&self.v.forward(x)?, self.kv_heads)?;
         let (q, k) = rotary.apply(&q, &k, ctx.offset)?;
         let (k, v) = match cache {
             Some(c) => c.append(k, v)?,

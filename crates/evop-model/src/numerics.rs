@@ -201,10 +201,19 @@ pub fn attention_reference(
     out.transpose(1, 2)?.reshape((b, s, h * d))
 }
 
-/// Splits `(b, s, heads * d)` into `(b, heads, s, d)`.
+/// Splits `(b, s, heads * d)` into `(b, heads, s, d)` (a transposed view).
 pub fn split_heads(xs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (b, s, hd) = xs.dims3()?;
     xs.reshape((b, s, heads, hd / heads))?.transpose(1, 2)
+}
+
+/// [`split_heads`] as a contiguous tensor; on CUDA one copy kernel ([`crate::block_ops::to_heads`]).
+pub fn split_heads_contiguous(xs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, s, hd) = xs.dims3()?;
+    if xs.device().is_cuda() && (hd / heads) % 8 == 0 {
+        return crate::block_ops::to_heads(&xs.reshape((b, s, heads, hd / heads))?);
+    }
+    split_heads(xs, heads)?.contiguous()
 }
 
 /// `silu(gate) * up` elementwise (SwiGLU's gating) on same-shaped tensors. For f32 on the CPU

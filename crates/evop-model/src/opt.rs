@@ -4,7 +4,7 @@
 //! embedding width differs from the hidden size (OPT-350m).
 use crate::error::{ModelError, Result};
 use crate::model::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
-use crate::numerics::{causal_attention, split_heads};
+use crate::numerics::{causal_attention, split_heads, split_heads_contiguous};
 use candle_core::{Module, Tensor};
 use crate::numerics::Linear;
 use candle_nn::{layer_norm, Embedding, LayerNorm, LayerNormConfig, VarBuilder};
@@ -188,8 +188,8 @@ impl BlockLm for Opt {
         let norm_out = |x: Tensor, n: &LayerNorm| if self.pre_norm { Ok(x) } else { n.forward(&x) };
         let x = norm_in(hidden, &b.attn_norm)?;
         let q = split_heads(&b.q.forward(&x)?, self.heads)?;
-        let k = split_heads(&b.k.forward(&x)?, self.heads)?.contiguous()?;
-        let v = split_heads(&b.v.forward(&x)?, self.heads)?.contiguous()?;
+        let k = split_heads_contiguous(&b.k.forward(&x)?, self.heads)?;
+        let v = split_heads_contiguous(&b.v.forward(&x)?, self.heads)?;
         let (k, v) = match cache {
             Some(c) => c.append(k, v)?,
             None => (k, v),
