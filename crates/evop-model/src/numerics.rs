@@ -210,7 +210,7 @@ pub fn split_heads(xs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 /// [`split_heads`] as a contiguous tensor; on CUDA one copy kernel ([`crate::block_ops::to_heads`]).
 pub fn split_heads_contiguous(xs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (b, s, hd) = xs.dims3()?;
-    if xs.device().is_cuda() && (hd / heads) % 8 == 0 {
+    if xs.device().is_cuda() && (hd / heads).is_multiple_of(8) && matches!(xs.dtype(), DType::F32 | DType::BF16 | DType::F16) {
         return crate::block_ops::to_heads(&xs.reshape((b, s, heads, hd / heads))?);
     }
     split_heads(xs, heads)?.contiguous()
