@@ -7,10 +7,11 @@
 use serde::{Deserialize, Serialize};
 
 /// A scalar objective over per-window mean NLLs (lower is better).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Objective {
-    /// Mean over windows of the window's mean token NLL.
+    /// Mean over windows of the window's mean token NLL (the default).
+    #[default]
     MeanNll,
     /// Mean over groups (clusters) of the group's mean window NLL.
     ClusterBalanced,
@@ -18,12 +19,6 @@ pub enum Objective {
     WorstCluster,
     /// Mean of the worst `q` fraction of windows (at least one window).
     Cvar { q: f64 },
-}
-
-impl Default for Objective {
-    fn default() -> Self {
-        Self::MeanNll
-    }
 }
 
 impl std::fmt::Display for Objective {

@@ -78,6 +78,8 @@ impl KMeansOptions {
         if self.max_iterations == 0 {
             return Err(DataError::param("max_iterations", 0, "at least one iteration"));
         }
+        // Written so that NaN is refused too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(self.tolerance > 0.0) {
             return Err(DataError::param("tolerance", self.tolerance, "must be positive"));
         }

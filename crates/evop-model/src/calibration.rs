@@ -385,16 +385,16 @@ impl CalibrationEvaluator {
         }
         let mut losses: Vec<Option<Vec<f64>>> = vec![None; masks.len()];
         let mut by_block: Vec<Vec<usize>> = vec![Vec::new(); l];
-        for n in 0..nodes.len() {
-            match nodes[n].block {
+        for (n, node) in nodes.iter_mut().enumerate() {
+            match node.block {
                 Some(b) => by_block[b].push(n),
                 None => {
-                    if !nodes[n].leaves.is_empty() {
-                        let state = nodes[n].state.clone().expect("available");
-                        self.finish(batch, &mut nodes[n], &state, &mut losses)?;
+                    if !node.leaves.is_empty() {
+                        let state = node.state.clone().expect("available");
+                        self.finish(batch, node, &state, &mut losses)?;
                     }
-                    if nodes[n].pending == 0 {
-                        nodes[n].state = None;
+                    if node.pending == 0 {
+                        node.state = None;
                     }
                 }
             }
