@@ -55,12 +55,11 @@ fn kmeans_bench(c: &mut Criterion) {
     group.sample_size(10);
     // One restart: the default n_runs = 10 costs ten times this (linfa runs restarts one after another),
     // too long for criterion's ten samples on this CPU.
-    for n_runs in [1usize] {
-        let opts = KMeansOptions { n_runs, seed: 1, ..KMeansOptions::default() };
-        group.bench_with_input(BenchmarkId::new(format!("k{k}_n_runs"), n_runs), &opts, |b, opts| {
-            b.iter(|| black_box(kmeans(data.view(), k, opts).expect("kmeans")))
-        });
-    }
+    let n_runs = 1usize;
+    let opts = KMeansOptions { n_runs, seed: 1, ..KMeansOptions::default() };
+    group.bench_with_input(BenchmarkId::new(format!("k{k}_n_runs"), n_runs), &opts, |b, opts| {
+        b.iter(|| black_box(kmeans(data.view(), k, opts).expect("kmeans")))
+    });
     group.finish();
 }
 

@@ -45,27 +45,26 @@ fn ga_generation(c: &mut Criterion) {
 
 fn one_plus_lambda_generation(c: &mut Criterion) {
     let mut g = c.benchmark_group("one_plus_lambda_generation_lambda64");
-    for len in [80usize] {
-        let space = MaskSpace::new(len, len / 4, [0, len - 1]).unwrap();
-        let opl = OnePlusLambdaParams::new().lambda(64).check().unwrap();
-        let f = trivial(len);
-        g.bench_with_input(BenchmarkId::from_parameter(len), &len, |b, _| {
-            b.iter_batched(
-                || {
-                    let mut run = Search::new(space.clone(), opl.clone()).seed(1).until(Termination::MaxGenerations(u64::MAX)).start(&f).unwrap();
-                    for _ in 0..20 {
-                        run.step().unwrap();
-                    }
-                    run
-                },
-                |mut run| {
+    let len = 80usize;
+    let space = MaskSpace::new(len, len / 4, [0, len - 1]).unwrap();
+    let opl = OnePlusLambdaParams::new().lambda(64).check().unwrap();
+    let f = trivial(len);
+    g.bench_with_input(BenchmarkId::from_parameter(len), &len, |b, _| {
+        b.iter_batched(
+            || {
+                let mut run = Search::new(space.clone(), opl.clone()).seed(1).until(Termination::MaxGenerations(u64::MAX)).start(&f).unwrap();
+                for _ in 0..20 {
                     run.step().unwrap();
-                    run
-                },
-                BatchSize::SmallInput,
-            )
-        });
-    }
+                }
+                run
+            },
+            |mut run| {
+                run.step().unwrap();
+                run
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 

@@ -637,7 +637,7 @@ mod tests {
             assert_eq!((c.candidates, c.head_forwards), (36, 2 * heads), "{name}");
             blocks.push((name, c.block_forwards, ev.cache_stats()));
         }
-        let get = |n: &str| blocks.iter().find(|b| b.0 == n).unwrap().clone();
+        let get = |n: &str| *blocks.iter().find(|b| b.0 == n).unwrap();
         // An unbounded cache computes every distinct prefix exactly once per batch (2 batches).
         assert_eq!(get("default").1, 2 * distinct_nodes(&all));
         assert_eq!(get("no stacking").1, get("default").1);

@@ -50,21 +50,6 @@ pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_parses_and_bad_names_fail() {
-        assert!(parse_device("cpu").unwrap().is_cpu());
-        assert!(parse_device("tpu").is_err());
-        assert!(parse_device("cuda:x").is_err());
-        #[cfg(not(feature = "cuda"))]
-        assert!(parse_device("cuda").unwrap_err().to_string().contains("--features cuda"));
-        assert!(parse_dtype("f8").is_err());
-    }
-}
-
 /// The device named by the environment variable `EVOP_TEST_DEVICE` (default `cpu`): the test
 /// suites that compare against reference logits run on it, so the same tests check a GPU build.
 pub fn test_device() -> Result<Device> {
@@ -81,5 +66,20 @@ pub fn logit_tolerance(device: &Device) -> f32 {
         1e-4
     } else {
         1e-3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_parses_and_bad_names_fail() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert!(parse_device("tpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+        #[cfg(not(feature = "cuda"))]
+        assert!(parse_device("cuda").unwrap_err().to_string().contains("--features cuda"));
+        assert!(parse_dtype("f8").is_err());
     }
 }
