@@ -1,10 +1,15 @@
 //! Fast candidate evaluation measured against the naive path (a full masked forward per candidate,
 //! as the reference implementations do), on the same model, data, seed and result: SLEB at n and a
 //! seeded EvoP search (the GA) at n. Paths:
-//! - `naive`: `EvaluatorOptions::naive` (embeddings -> every kept block -> head, per candidate);
+//! - `naive`: `EvaluatorOptions::naive` (embeddings -> every kept block -> head, per candidate),
+//!   and for EvoP the search's memo cache off (`SearchSpec::memoize`): every mask the GA asks for
+//!   is evaluated, repeats of earlier masks included, as the reference search loops do;
 //! - `per-call`: dense boundary states + a prefix tree within each call (the first reuse version);
 //! - `reuse`: the defaults: that, plus the persistent prefix cache across calls and stacking of
 //!   tree nodes that need the same block into one forward batch.
+//!
+//! `per-call` and `reuse` keep the memo cache on. Counts are per *requested* candidate (every mask
+//! the method asked for, the naive path's count), so the memo's saving is part of the ratio.
 //!
 //! All paths share the model code and the fused loss. Each repetition runs every path once, in
 //! turn, so machine load hits them alike; the table gives per-path medians over repetitions, block
@@ -100,6 +105,20 @@ struct Args {
     screen_paths: String,
 }
 
+/// The pruner of `method` on one path; `memoize: false` is the naive path's search.
+fn pruner(a: &Args, method: &str, opts: &EvaluatorOptions, memoize: bool) -> Result<Box<dyn Pruner>> {
+    Ok(match method {
+        "sleb" => Box::new(Sleb { evaluator: opts.clone(), ..Sleb::default() }),
+        "evop" => Box::new(EvopPruner {
+            search: SearchSpec { population: a.population, generations: a.generations, stalled: a.stalled, memoize, ..Default::default() },
+            evaluator: opts.clone(),
+            seed: a.seed,
+            ..Default::default()
+        }),
+        other => anyhow::bail!("unknown method {other} (expected sleb or evop)"),
+    })
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -163,15 +182,7 @@ fn main() -> Result<()> {
         let extra = [("reuse-no-stack", EvaluatorOptions { batch_size: a.batch_size, cache_budget, stacking: false, ..Default::default() })];
         for method in a.methods.split(',') {
             for (label, opts) in paths.iter().chain(&extra).filter(|(l, _)| only.contains(l)) {
-                let pruner: Box<dyn Pruner> = match method {
-                    "sleb" => Box::new(Sleb { evaluator: opts.clone(), ..Sleb::default() }),
-                    _ => Box::new(EvopPruner {
-                        search: SearchSpec { population: a.population, generations: a.generations, stalled: a.stalled, ..Default::default() },
-                        evaluator: opts.clone(),
-                        seed: a.seed,
-                        ..Default::default()
-                    }),
-                };
+                let pruner = pruner(&a, method, opts, *label != "naive")?;
                 let t = Instant::now();
                 let r = pruner.prune(&model.lm, &windows, a.n)?;
                 println!("{method} {label}: {:.1} s, removed {:?}, {:?}", t.elapsed().as_secs_f64(), r.removed(), r.counts);
@@ -192,42 +203,35 @@ fn main() -> Result<()> {
     for rep in 0..a.reps {
         for (mi, method) in methods.iter().enumerate() {
             let mut masks = Vec::new();
+            let mut counts = Vec::new();
             for (pi, (label, opts)) in paths.iter().enumerate() {
-                let pruner: Box<dyn Pruner> = match *method {
-                    "sleb" => Box::new(Sleb { evaluator: opts.clone(), ..Sleb::default() }),
-                    "evop" => Box::new(EvopPruner {
-                        search: SearchSpec { population: a.population, generations: a.generations, stalled: a.stalled, ..Default::default() },
-                        evaluator: opts.clone(),
-                        seed: a.seed,
-                        ..Default::default()
-                    }),
-                    other => anyhow::bail!("unknown method {other}"),
-                };
+                let pruner = pruner(&a, method, opts, *label != "naive")?;
                 let (t, c0) = (Instant::now(), cpu_seconds());
                 let r = pruner.prune(&model.lm, &windows, a.n)?;
                 let (secs, cpu_s) = (t.elapsed().as_secs_f64(), cpu_seconds() - c0);
                 cpu[mi][pi].push(cpu_s);
                 eprintln!("rep {rep} {method} {label}: {secs:.1} s wall, {cpu_s:.1} s CPU, removed {:?}, {:?}", r.removed(), r.counts);
-                let c = r.counts;
-                let per = |x: u64| x as f64 / c.candidates.max(1) as f64 / batches;
-                if *label == "reuse" {
-                    reuse_blocks[mi] = per(c.block_forwards);
-                }
                 wall[mi][pi].push(secs);
-                rows[mi][pi] = format!(
-                    "| {method} | {label} | {:?} | {} | {:.2} | {:.2} |",
-                    r.removed(),
-                    c.candidates,
-                    per(c.block_forwards),
-                    per(c.head_forwards)
-                );
+                counts.push(r.counts);
                 masks.push(r.removed());
             }
             ensure!(masks.iter().all(|m| *m == masks[0]), "{method}: the paths chose different masks: {masks:?}");
+            // Every path asks for the same candidates (same trajectory); the naive path evaluates
+            // each request, so its count is the number requested.
+            let requested = counts[0].candidates.max(1) as f64;
+            for (pi, (label, _)) in paths.iter().enumerate() {
+                let c = counts[pi];
+                let per = |x: u64| x as f64 / requested / batches;
+                if *label == "reuse" {
+                    reuse_blocks[mi] = per(c.block_forwards);
+                }
+                rows[mi][pi] =
+                    format!("| {method} | {label} | {:?} | {requested} | {} | {:.2} | {:.2} |", masks[pi], c.candidates, per(c.block_forwards), per(c.head_forwards));
+            }
         }
     }
-    println!("| method | path | removed | candidates | block fwd / candidate | head fwd / candidate | wall s | naive / path (wall) | CPU s | naive / path (CPU) |");
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| method | path | removed | candidates requested | evaluated | block fwd / candidate | head fwd / candidate | wall s | naive / path (wall) | CPU s | naive / path (CPU) |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (mi, _) in methods.iter().enumerate() {
         let (naive, naive_cpu) = (median(&wall[mi][0]), median(&cpu[mi][0]));
         for pi in 0..paths.len() {
@@ -358,7 +362,14 @@ fn screening(a: &Args, model: &evop::model::LoadedModel, split: &evop::data::Cor
         for rep in 0..a.reps {
             for (i, (label, opts, screening, generations)) in runs.iter().enumerate() {
                 let job = SearchJob {
-                    search: SearchSpec { population: a.population, generations: *generations, stalled: a.stalled, screening: screening.clone(), ..Default::default() },
+                    search: SearchSpec {
+                        population: a.population,
+                        generations: *generations,
+                        stalled: a.stalled,
+                        screening: screening.clone(),
+                        memoize: *label != "naive",
+                        ..Default::default()
+                    },
                     evaluator: opts.clone(),
                     ..SearchJob::new(a.n, seed)
                 };

@@ -112,6 +112,15 @@ pub struct SearchSpec {
     /// evaluates every candidate on everything).
     #[serde(default)]
     pub screening: Option<Screening>,
+    /// Answer masks evaluated before from the search's memo cache (the default). `false`
+    /// evaluates every mask the search asks for, repeats included, as the reference search loops
+    /// do: the naive path of the reuse measurements. The result is the same either way.
+    #[serde(default = "memoize_default")]
+    pub memoize: bool,
+}
+
+fn memoize_default() -> bool {
+    true
 }
 
 /// Screening: a cheaper, approximate search. Candidates are ranked on the first `windows`
@@ -151,6 +160,7 @@ impl Default for SearchSpec {
             protect_ends: true,
             seed_masks: Vec::new(),
             screening: None,
+            memoize: true,
         }
     }
 }
@@ -496,7 +506,7 @@ impl SearchJob {
     }
 
     fn configure<St: evop_search::Strategy>(&mut self, search: Search<St>, seeds: Vec<Mask>) -> Search<St> {
-        let mut s = search.seed(self.seed).seed_masks(seeds).until(Termination::MaxGenerations(self.search.generations));
+        let mut s = search.seed(self.seed).seed_masks(seeds).memoize(self.search.memoize).until(Termination::MaxGenerations(self.search.generations));
         if let Some(n) = self.search.stalled {
             s = s.until(Termination::Stalled(n));
         }

@@ -111,6 +111,20 @@ fn a_seeded_evop_search_ends_on_the_same_mask_with_every_evaluator() {
     let blocks: Vec<u64> = reports.iter().map(|(_, r)| r.counts.block_forwards).collect();
     assert!(blocks[2] < blocks[1] && blocks[1] < blocks[0], "{blocks:?}");
     assert!(blocks[2] <= blocks[3] && blocks[3] < blocks[0], "{blocks:?}");
+
+    // The naive path of the measurements: the memo cache off too, so every request is evaluated.
+    let job = SearchJob {
+        search: SearchSpec { population: 10, generations: 8, stalled: None, memoize: false, ..Default::default() },
+        evaluator: EvaluatorOptions::naive(4),
+        ..SearchJob::new(5, 3)
+    };
+    let r = job.run(lm.clone(), &w, None).unwrap();
+    assert_eq!((&r.removed, r.objective_value.to_bits()), (&reports[0].1.removed, reports[0].1.objective_value.to_bits()));
+    let bests = |r: &evop::PruneReport| r.history.iter().map(|g| (g.best.map(f64::to_bits), g.best_mask.clone())).collect::<Vec<_>>();
+    assert_eq!(bests(&r), bests(&reports[0].1));
+    assert_eq!(r.cache_hits, 0);
+    assert!(reference.cache_hits > 0, "a 10 x 8 search over C(26, 5) masks repeats some");
+    assert_eq!(r.counts.candidates, reference.counts.candidates + reference.cache_hits);
 }
 
 #[test]

@@ -29,6 +29,7 @@ pub struct Search<St> {
     observers: Vec<Box<dyn Observer>>,
     checkpoint: Option<PathBuf>,
     resume: Option<PathBuf>,
+    memoize: bool,
 }
 
 /// The result of a finished run.
@@ -71,6 +72,7 @@ impl<St: Strategy> Search<St> {
             observers: Vec::new(),
             checkpoint: None,
             resume: None,
+            memoize: true,
         }
     }
 
@@ -105,6 +107,14 @@ impl<St: Strategy> Search<St> {
         self
     }
 
+    /// Answer masks evaluated before from the memo cache (the default). `false` evaluates every mask
+    /// the strategy asks for, repeats included, as the reference search loops do: for measuring the
+    /// cache's saving. With a deterministic fitness the run is the same either way.
+    pub fn memoize(mut self, on: bool) -> Self {
+        self.memoize = on;
+        self
+    }
+
     /// Writes a checkpoint to `path` after every generation.
     pub fn checkpoint(mut self, path: impl Into<PathBuf>) -> Self {
         self.checkpoint = Some(path.into());
@@ -128,6 +138,9 @@ impl<St: Strategy> Search<St> {
             ("max_fidelity".to_string(), max_fidelity.to_string()),
             ("strategy".to_string(), self.strategy.name().to_string()),
         ];
+        if !self.memoize {
+            f.push(("memoize".to_string(), "false".to_string()));
+        }
         f.extend(self.strategy.params().into_iter().map(|(k, v)| (format!("{}.{k}", self.strategy.name()), v)));
         f
     }
@@ -153,7 +166,7 @@ impl<St: Strategy> Search<St> {
             for m in pop.iter().chain(std::iter::once(&ck.best)) {
                 self.space.check(m).map_err(|e| SearchError::CheckpointCorrupt(format!("illegal mask: {e}")))?;
             }
-            let memo = Memo::restore(ck.memo);
+            let memo = Memo::restore(ck.memo, !self.memoize);
             if let Some(m) = memo.masks().find(|m| self.space.check(m).is_err()) {
                 return Err(SearchError::CheckpointCorrupt(format!("illegal cached mask {m}")));
             }
@@ -173,7 +186,7 @@ impl<St: Strategy> Search<St> {
             });
         }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        let mut memo = Memo::default();
+        let mut memo = if self.memoize { Memo::default() } else { Memo::recomputing() };
         let state = {
             let mut ctx = Context { space: &self.space, fitness, memo: &mut memo, rng: &mut rng, direction: self.direction };
             self.strategy.init(&self.seeds, &mut ctx)?

@@ -362,3 +362,33 @@ fn ga_finds_the_optimum_of_a_small_problem() {
         }
     }
 }
+
+#[test]
+fn without_the_memo_every_request_is_evaluated_and_the_run_is_the_same() {
+    for strategy in ["ga", "opl"] {
+        let f = Recording { inner: noisy(), seen: Mutex::new(Vec::new()) };
+        let run = |memoize: bool, f: &Recording| {
+            let space = MaskSpace::new(8, 2, []).unwrap();
+            if strategy == "ga" {
+                let ga = GaParams::new().population(12).check().unwrap();
+                Search::new(space, ga).seed(7).memoize(memoize).until(Termination::MaxGenerations(30)).run(f).unwrap()
+            } else {
+                let o = OnePlusLambdaParams::new().lambda(6).screening([Screen { fidelity: Fidelity(2), survivors: 3 }]).check().unwrap();
+                Search::new(space, o).seed(7).memoize(memoize).until(Termination::MaxGenerations(30)).run(f).unwrap()
+            }
+        };
+        let cached = strip(run(true, &f));
+        let g = Recording { inner: noisy(), seen: Mutex::new(Vec::new()) };
+        let recomputed = strip(run(false, &g));
+        // Every request reaches the fitness: what the cache answered is evaluated again.
+        assert!(cached.cache_hits > 0, "{strategy}");
+        assert_eq!(recomputed.cache_hits, 0, "{strategy}");
+        assert_eq!(recomputed.evaluations, cached.evaluations + cached.cache_hits, "{strategy}");
+        assert_eq!(g.seen.into_inner().unwrap().len() as u64, recomputed.evaluations, "{strategy}");
+        // And nothing else changes.
+        assert_eq!((&recomputed.best, recomputed.best_value.to_bits()), (&cached.best, cached.best_value.to_bits()), "{strategy}");
+        assert_eq!((&recomputed.population, recomputed.generations), (&cached.population, cached.generations), "{strategy}");
+        let bests = |o: &Outcome| o.history.iter().map(|r| r.best.map(f64::to_bits)).collect::<Vec<_>>();
+        assert_eq!(bests(&recomputed), bests(&cached), "{strategy}");
+    }
+}
