@@ -724,7 +724,10 @@ mod tests {
 
     #[test]
     fn kl_to_dense_is_zero_for_the_dense_model_and_matches_a_direct_computation() {
-        let lm = tiny();
+        // On `EVOP_TEST_DEVICE` (the tensor-operation path off the CPU).
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
+        let device = crate::device::test_device().unwrap();
+        let lm = load(&dir, &LoadOptions { device, ..Default::default() }).unwrap().lm;
         let opts = EvaluatorOptions { batch_size: 2, loss: LossKind::KlToDense, ..Default::default() };
         let ev = CalibrationEvaluator::new(lm.clone(), &windows(), opts).unwrap();
         let mask = BlockMask::from_removed(4, &[2]).unwrap();

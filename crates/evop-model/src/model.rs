@@ -145,6 +145,14 @@ pub trait BlockLm: Send + Sync {
     /// The language-model head on normalised states: `(b, s, h') -> (b, s, vocab)`.
     fn lm_head(&self, normed: &Tensor) -> Result<Tensor>;
 
+    /// The head as a plain linear map, when it is one: weight `(vocab, h')` and optional bias
+    /// `(vocab,)`, with [`BlockLm::lm_head`] equal to `normed w^T + bias`. The calibration loss
+    /// then applies it one vocabulary slice at a time, so the full logits never reach memory.
+    /// Default `None`: the loss uses [`BlockLm::lm_head`]'s logits.
+    fn lm_head_linear(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        None
+    }
+
     /// Number of decoder blocks, L.
     fn num_blocks(&self) -> usize {
         self.info().num_blocks

@@ -215,4 +215,8 @@ impl BlockLm for Opt {
     fn lm_head(&self, normed: &Tensor) -> Result<Tensor> {
         Ok(self.head.forward(normed)?)
     }
+
+    fn lm_head_linear(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        Some((self.head.weight(), self.head.bias()))
+    }
 }
