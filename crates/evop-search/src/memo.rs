@@ -209,7 +209,7 @@ mod tests {
         });
         let mut memo = Memo::recomputing();
         assert_eq!(memo.evaluate(&f, &[a.clone(), b.clone(), a.clone()], Fidelity(1)).unwrap(), vec![1.0, 5.0, 1.0]);
-        assert_eq!(memo.evaluate(&f, &[b.clone()], Fidelity(1)).unwrap(), vec![5.0]);
+        assert_eq!(memo.evaluate(&f, std::slice::from_ref(&b), Fidelity(1)).unwrap(), vec![5.0]);
         assert_eq!((memo.evaluations(), memo.hits(), memo.len()), (4, 0, 0));
         assert_eq!(*calls.borrow(), vec![vec![a.clone(), b.clone(), a], vec![b]]);
         // A checkpoint keeps the counters and the setting.
