@@ -461,6 +461,13 @@ mod tests {
         (0..rows * v).map(|i| (((i * 7919 + seed * 104_729) % 2_003) as f32 / 97.0 - 10.0) * if i % 5 == 0 { 1.7 } else { 1.0 }).collect()
     }
 
+    /// A deterministic tensor of `shape` with values spread over about `[-scale, scale]`, on `dev`.
+    fn spread(shape: &[usize], scale: f32, seed: usize, dev: &Device) -> Tensor {
+        let count: usize = shape.iter().product();
+        let v: Vec<f32> = (0..count).map(|i| (((i * 7919 + seed * 104_729) % 2_003) as f32 / 1_001.0 - 1.0) * scale).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_device(dev).unwrap()
+    }
+
     #[test]
     fn row_stats_match_a_direct_computation_whole_or_in_slices() {
         // Longer than 16 * 16 lanes with a remainder; slices of odd sizes, the maximum in a late one.
@@ -529,10 +536,9 @@ mod tests {
     fn the_sliced_head_equals_the_full_logits() {
         // Three slices, the last partial; targets in each; with a bias.
         let (rows, k, v) = (5, 24, 2 * VOCAB_SLICE + 123);
-        let normed = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu).unwrap();
-        let w = Tensor::randn(0f32, 0.5, (v, k), &Device::Cpu).unwrap();
-        let bias = Tensor::randn(0f32, 0.1, (v,), &Device::Cpu).unwrap();
-        let p: Vec<f32> = candle_nn::ops::softmax_last_dim(&Tensor::randn(0f32, 2.0, (rows, v), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let cpu = Device::Cpu;
+        let (normed, w, bias) = (spread(&[rows, k], 1.5, 1, &cpu), spread(&[v, k], 0.8, 2, &cpu), spread(&[v], 0.2, 3, &cpu));
+        let p: Vec<f32> = candle_nn::ops::softmax_last_dim(&spread(&[rows, v], 3.0, 4, &cpu)).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let targets: Vec<u32> = vec![0, 5_000, v as u32 - 1, VOCAB_SLICE as u32, 77];
         let z: Vec<f32> = normed.matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let full = full_row_stats(&z, v, Some(&p), Some(&targets));
@@ -553,10 +559,8 @@ mod tests {
         let dev = crate::device::test_device().unwrap();
         let tol = if dev.is_cpu() { 1e-9 } else { 1e-4 };
         let (b, n, k, v) = (2, 3, 24, VOCAB_SLICE + 321);
-        let x = Tensor::randn(0f32, 1.0, (b, n, k), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.5, (v, k), &dev).unwrap();
-        let bias = Tensor::randn(0f32, 0.1, (v,), &dev).unwrap();
-        let p = candle_nn::ops::softmax_last_dim(&Tensor::randn(0f32, 2.0, (b, n, v), &dev).unwrap()).unwrap();
+        let (x, w, bias) = (spread(&[b, n, k], 1.5, 5, &dev), spread(&[v, k], 0.8, 6, &dev), spread(&[v], 0.2, 7, &dev));
+        let p = candle_nn::ops::softmax_last_dim(&spread(&[b, n, v], 3.0, 8, &dev)).unwrap();
         let (p_w, p_bias) = project(&p, &w, Some(&bias)).unwrap();
         let got: Vec<f64> = row_dots(&x, &p_w).unwrap().iter().zip(&p_bias).map(|(d, b)| d + b).collect();
         let (xv, wv, bv): (Vec<f32>, Vec<f32>, Vec<f32>) =
