@@ -61,6 +61,9 @@ struct Args {
     /// Stop the GA after this many generations without improvement (default: run them all).
     #[arg(long)]
     stalled: Option<u64>,
+    /// GA: fraction of each generation replaced by random masks (default: EvoP's, 0).
+    #[arg(long)]
+    immigrants: Option<f64>,
     /// Calibration loss: `nll` (mean token NLL) or `kl` (mean KL divergence to the dense model).
     #[arg(long, default_value = "nll")]
     loss: String,
@@ -110,7 +113,7 @@ fn pruner(a: &Args, method: &str, opts: &EvaluatorOptions, memoize: bool) -> Res
     Ok(match method {
         "sleb" => Box::new(Sleb { evaluator: opts.clone(), ..Sleb::default() }),
         "evop" => Box::new(EvopPruner {
-            search: SearchSpec { population: a.population, generations: a.generations, stalled: a.stalled, memoize, ..Default::default() },
+            search: SearchSpec { population: a.population, generations: a.generations, stalled: a.stalled, memoize, immigrants: a.immigrants.or(SearchSpec::default().immigrants), ..Default::default() },
             evaluator: opts.clone(),
             seed: a.seed,
             ..Default::default()
@@ -185,7 +188,12 @@ fn main() -> Result<()> {
                 let pruner = pruner(&a, method, opts, *label != "naive")?;
                 let t = Instant::now();
                 let r = pruner.prune(&model.lm, &windows, a.n)?;
-                println!("{method} {label}: {:.1} s, removed {:?}, {:?}", t.elapsed().as_secs_f64(), r.removed(), r.counts);
+                // EvoP's report: masks requested = evaluated + answered by the memo.
+                let asked = match &r.trace {
+                    evop::baselines::Trace::External { detail, .. } => detail["evaluations"].as_u64().zip(detail["cache_hits"].as_u64()).map(|(e, h)| e + h),
+                    _ => None,
+                };
+                println!("{method} {label}: {:.1} s, removed {:?}, {:?}, requested {asked:?}", t.elapsed().as_secs_f64(), r.removed(), r.counts);
             }
         }
         return Ok(());

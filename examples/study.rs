@@ -87,6 +87,9 @@ struct Args {
     generations: u64,
     #[arg(long, default_value_t = 6)]
     stalled: u64,
+    /// GA: fraction of each generation replaced by random masks (default: EvoP's, 0).
+    #[arg(long)]
+    immigrants: Option<f64>,
     /// Baselines whose answers join the initial population of every EvoP search (as `evop prune
     /// --seed-with`; default: none).
     #[arg(long, value_delimiter = ',')]
@@ -306,7 +309,7 @@ fn main() -> Result<()> {
                             (StrategyKind::Ga, Some(t)) => Some(Screening { windows: calib.len(), tokens: Some(t), position_stride: 1, finalists: 4 }),
                             _ => None,
                         };
-                        let mut spec = SearchSpec { strategy, population: args.population, generations: args.generations, stalled: Some(args.stalled), screening, ..SearchSpec::default() };
+                        let mut spec = SearchSpec { strategy, population: args.population, generations: args.generations, stalled: Some(args.stalled), screening, immigrants: args.immigrants.or(SearchSpec::default().immigrants), ..SearchSpec::default() };
                         spec.seed_with_baselines(&lm, &calib.token_windows(), n, &args.seed_with)?;
                         let r = Pipeline::new(&model, split.calibration.clone())
                             .remove(n)

@@ -9,6 +9,7 @@
 #   scripts/gpu_batch.sh study   # the calibration/objective study, 4 processes per GPU
 #   scripts/gpu_batch.sh paper   # EvoP, then SLEB, at 128 x 2048 calibration tokens (one GPU)
 #   scripts/gpu_batch.sh screen  # the chosen EvoP defaults with and without --screen-tokens 32 (one GPU)
+#   scripts/gpu_batch.sh immigrants  # the GA with no random immigrants against the default 10 % (one GPU)
 #   scripts/gpu_batch.sh attn    # one or two GPUs: the fused-softmax attention (profile, 7B throughput
 #                                # against PyTorch), pipeline placement, f32 with and without TF32
 #
@@ -104,6 +105,25 @@ screen)
   cat "$OUT"/screen/*.rows.jsonl > "$OUT/screen_rows.jsonl"
   tail -n 4 "$OUT"/screen/*.log > "$OUT/screen_logs.txt"
   rm -rf "$OUT/screen"
+  ;;
+immigrants)
+  # The GA's random immigrants: none against the default 10 %, same lease and binary, 3 seeds,
+  # n = 6 and 9, CCDS 4 x 128, KL objective, GA 32 x 30, stop after 8 stalled.
+  mkdir -p "$OUT/imm"
+  common=(--device cuda --dtype bf16 --eval-windows 0 --topic-windows 16 --calib-cache .cache/calib --exhaustive-ns 0
+          --calib-windows 4 --seqlen 128 --pool 512 --ns 6,9 --methods evop-ccds:kl --population 32 --generations 30
+          --stalled 8)
+  threads=$(( $(nproc) / 6 ))
+  for s in 0 1 2; do
+    RAYON_NUM_THREADS=$threads timeout 500 "$BIN/study" "${common[@]}" --seeds $s --tag /imm0 --immigrants 0 \
+      --out "$OUT/imm/imm0-s$s" > "$OUT/imm/imm0-s$s.log" 2>&1 &
+    RAYON_NUM_THREADS=$threads timeout 500 "$BIN/study" "${common[@]}" --seeds $s --tag /imm10 --immigrants 0.1 \
+      --out "$OUT/imm/imm10-s$s" > "$OUT/imm/imm10-s$s.log" 2>&1 &
+  done
+  wait
+  cat "$OUT"/imm/*.rows.jsonl > "$OUT/immigrants_rows.jsonl"
+  tail -n 4 "$OUT"/imm/*.log > "$OUT/immigrants_logs.txt"
+  rm -rf "$OUT/imm"
   ;;
 paper)
   # The paper's calibration budget, 128 windows x 2048 tokens (CCDS over 256 candidate windows,
