@@ -1,7 +1,7 @@
 //! The CPU forward of a SmolLM2-135M-shaped model (30 blocks, hidden 576, 9 heads over 3 KV
 //! heads, FFN 1536, vocabulary 49,152; random weights, `synthetic:smollm2-135m`, so nothing is
-//! downloaded): the attention alone, fused kernel (`numerics::attention`, the default for f32 on
-//! the CPU) vs the tensor ops (`numerics::attention_reference`); the block's projections (GEMMs,
+//! downloaded): the attention alone, fused kernel (`kernels::attention`, the default for f32 on
+//! the CPU) vs the tensor ops (`kernels::attention_reference`); the block's projections (GEMMs,
 //! throughput in FLOP: criterion's "elem/s" are FLOP/s) and the LM head (final norm and logits,
 //! FLOP of the 576 x 49,152 product); and the full masked forward (logits at every position) in
 //! tokens per call.
@@ -16,7 +16,7 @@
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use candle_core::Module;
-use evop::model::numerics::{attention, attention_reference, causal_mask, Linear};
+use evop::model::kernels::{attention, attention_reference, causal_mask, Linear};
 use evop::model::{forward, load, LoadOptions};
 use std::hint::black_box;
 use std::time::Duration;

@@ -4,8 +4,8 @@
 //!
 //! `--profile SEQxBATCH` instead times one Llama/Mistral block op by op on the model's own
 //! weights (block `--profile-block`): norms, projections, rotary embedding, every step of the
-//! tensor-op attention (`numerics::attention_reference`) and the attention as dispatched
-//! (`numerics::attention`, the fused CPU kernel for f32), the MLP activation, residual adds.
+//! tensor-op attention (`kernels::attention_reference`) and the attention as dispatched
+//! (`kernels::attention`, the fused CPU kernel for f32), the MLP activation, residual adds.
 //!
 //! ```text
 //! cargo run --release --example forward_throughput
@@ -145,7 +145,7 @@ fn sync(t: &Tensor) -> Result<()> {
 /// computed beforehand, and the whole block as the model runs it. The ops mirror `llama.rs`.
 fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: usize, reps: usize) -> Result<()> {
     use candle_core::Module;
-    use evop::model::numerics::{self, Linear, RotaryTable};
+    use evop::model::kernels::{self, Linear, RotaryTable};
     let lm: &dyn BlockLm = model.lm.as_ref();
     let info = lm.info().clone();
     let (dtype, device) = (info.dtype, info.device.clone());
@@ -173,14 +173,14 @@ fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: 
     let hidden = lm.block(0, &hidden, &ctx, None)?; // a realistic residual stream
 
     // Inputs of every op, computed once.
-    let x = numerics::rms_norm(&hidden, &in_norm, eps)?;
+    let x = kernels::rms_norm(&hidden, &in_norm, eps)?;
     let (q, k, v) = (q_proj.forward(&x)?, k_proj.forward(&x)?, v_proj.forward(&x)?);
-    let (qh, kh) = (numerics::split_heads(&q, heads)?, numerics::split_heads(&k, kv_heads)?);
-    let vh = numerics::split_heads(&v, kv_heads)?.contiguous()?;
+    let (qh, kh) = (kernels::split_heads(&q, heads)?, kernels::split_heads(&k, kv_heads)?);
+    let vh = kernels::split_heads(&v, kv_heads)?.contiguous()?;
     let (qr, kr) = rotary.apply(&qh, &kh, 0)?;
     let n_rep = heads / kv_heads;
-    let kx = numerics::repeat_kv(kr.clone(), n_rep)?.contiguous()?;
-    let vx = numerics::repeat_kv(vh.clone(), n_rep)?.contiguous()?;
+    let kx = kernels::repeat_kv(kr.clone(), n_rep)?.contiguous()?;
+    let vx = kernels::repeat_kv(vh.clone(), n_rep)?.contiguous()?;
     let kt = kx.t()?.contiguous()?;
     let raw = qr.contiguous()?.matmul(&kt)?;
     let scaled = ((&raw * scale)?).to_dtype(DType::F32)?;
@@ -188,20 +188,20 @@ fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: 
         Some(m) => scaled.broadcast_add(&m.to_dtype(DType::F32)?)?,
         None => scaled.clone(),
     };
-    let probs = numerics::softmax_last_dim(&masked)?.to_dtype(dtype)?;
+    let probs = kernels::softmax_last_dim(&masked)?.to_dtype(dtype)?;
     let pv = probs.matmul(&vx)?;
-    let attn = numerics::causal_attention(&qr, &kr, &vh, &ctx, scale)?;
+    let attn = kernels::causal_attention(&qr, &kr, &vh, &ctx, scale)?;
     let o = o_proj.forward(&attn)?;
     let x1 = (&hidden + &o)?;
-    let n = numerics::rms_norm(&x1, &post_norm, eps)?;
+    let n = kernels::rms_norm(&x1, &post_norm, eps)?;
     let (g, u) = (gate.forward(&n)?, up.forward(&n)?);
-    let act = (numerics::silu(&g)? * &u)?;
+    let act = (kernels::silu(&g)? * &u)?;
     let mlp = down.forward(&act)?;
 
     // CPU ops run eagerly; on a GPU, synchronising on an op's first output waits for the rest.
     type Op<'a> = Box<dyn FnMut() -> Result<Tensor> + 'a>;
     let mut ops: Vec<(&str, &str, Op)> = vec![
-        ("input rmsnorm", "", Box::new(|| Ok(numerics::rms_norm(&hidden, &in_norm, eps)?))),
+        ("input rmsnorm", "", Box::new(|| Ok(kernels::rms_norm(&hidden, &in_norm, eps)?))),
         ("q, k, v projections", "gemm", Box::new(|| {
             let q = q_proj.forward(&x)?;
             k_proj.forward(&x)?;
@@ -209,17 +209,17 @@ fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: 
             Ok(q)
         })),
         ("split heads, v contiguous", "", Box::new(|| {
-            numerics::split_heads(&q, heads)?;
-            numerics::split_heads(&k, kv_heads)?;
-            Ok(numerics::split_heads(&v, kv_heads)?.contiguous()?)
+            kernels::split_heads(&q, heads)?;
+            kernels::split_heads(&k, kv_heads)?;
+            Ok(kernels::split_heads(&v, kv_heads)?.contiguous()?)
         })),
         ("rotary (q, k)", "", Box::new(|| Ok(rotary.apply(&qh, &kh, 0)?.0))),
-        ("attention, as dispatched", "attn", Box::new(|| Ok(numerics::causal_attention(&qr, &kr, &vh, &ctx, scale)?))),
-        ("attention, materialised scores + fused softmax", "part", Box::new(|| Ok(numerics::attention_fused_softmax(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?))),
-        ("attention, tensor ops (reference)", "ref", Box::new(|| Ok(numerics::attention_reference(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?))),
+        ("attention, as dispatched", "attn", Box::new(|| Ok(kernels::causal_attention(&qr, &kr, &vh, &ctx, scale)?))),
+        ("attention, materialised scores + fused softmax", "part", Box::new(|| Ok(kernels::attention_fused_softmax(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?))),
+        ("attention, tensor ops (reference)", "ref", Box::new(|| Ok(kernels::attention_reference(&qr, &kr, &vh, ctx.mask.as_ref(), scale)?))),
         ("  repeat_kv (k, v) + contiguous", "part", Box::new(|| {
-            numerics::repeat_kv(kr.clone(), n_rep)?.contiguous()?;
-            Ok(numerics::repeat_kv(vh.clone(), n_rep)?.contiguous()?)
+            kernels::repeat_kv(kr.clone(), n_rep)?.contiguous()?;
+            Ok(kernels::repeat_kv(vh.clone(), n_rep)?.contiguous()?)
         })),
         ("  k transpose contiguous", "part", Box::new(|| Ok(kx.t()?.contiguous()?))),
         ("  scores q k^T", "part", Box::new(|| Ok(qr.contiguous()?.matmul(&kt)?))),
@@ -228,25 +228,25 @@ fn profile_block(model: &evop::model::LoadedModel, layer: usize, s: usize, bsz: 
             Some(m) => Ok(scaled.broadcast_add(&m.to_dtype(DType::F32)?)?),
             None => Ok(scaled.clone()),
         })),
-        ("  softmax", "part", Box::new(|| Ok(numerics::softmax_last_dim(&masked)?.to_dtype(dtype)?))),
+        ("  softmax", "part", Box::new(|| Ok(kernels::softmax_last_dim(&masked)?.to_dtype(dtype)?))),
         ("  fused scale + mask + softmax (replaces the three rows above)", "part", Box::new(|| {
-            Ok(evop::model::masked_softmax::masked_softmax(&raw, ctx.mask.as_ref(), scale)?)
+            Ok(evop::model::kernels::masked_softmax::masked_softmax(&raw, ctx.mask.as_ref(), scale)?)
         })),
         ("  probs v", "part", Box::new(|| Ok(probs.matmul(&vx)?))),
         ("  merge heads", "part", Box::new(|| Ok(pv.transpose(1, 2)?.reshape((bsz, s, heads * head_dim))?))),
         ("o projection", "gemm", Box::new(|| Ok(o_proj.forward(&attn)?))),
-        ("residual add (attention), as dispatched", "", Box::new(|| Ok(numerics::add(&hidden, &o)?))),
+        ("residual add (attention), as dispatched", "", Box::new(|| Ok(kernels::add(&hidden, &o)?))),
         ("residual add (attention), tensor op", "part", Box::new(|| Ok((&hidden + &o)?))),
-        ("post-attention rmsnorm", "", Box::new(|| Ok(numerics::rms_norm(&x1, &post_norm, eps)?))),
+        ("post-attention rmsnorm", "", Box::new(|| Ok(kernels::rms_norm(&x1, &post_norm, eps)?))),
         ("gate, up projections", "gemm", Box::new(|| {
             let g = gate.forward(&n)?;
             up.forward(&n)?;
             Ok(g)
         })),
-        ("silu(gate) * up, as dispatched", "", Box::new(|| Ok(numerics::silu_mul(&g, &u)?))),
-        ("silu(gate) * up, tensor ops", "part", Box::new(|| Ok((numerics::silu(&g)? * &u)?))),
+        ("silu(gate) * up, as dispatched", "", Box::new(|| Ok(kernels::silu_mul(&g, &u)?))),
+        ("silu(gate) * up, tensor ops", "part", Box::new(|| Ok((kernels::silu(&g)? * &u)?))),
         ("down projection", "gemm", Box::new(|| Ok(down.forward(&act)?))),
-        ("residual add (MLP), as dispatched", "", Box::new(|| Ok(numerics::add(&x1, &mlp)?))),
+        ("residual add (MLP), as dispatched", "", Box::new(|| Ok(kernels::add(&x1, &mlp)?))),
     ];
     println!("Block {layer} at {s} x {bsz} ({} tokens), {heads} heads, {kv_heads} KV heads, head_dim {head_dim}; median of {reps}", s * bsz);
     println!("\n| op | ms |\n|---|---:|");

@@ -1,6 +1,10 @@
 //! The crate's one error type: every failure names the file, field or value at fault.
 use std::path::PathBuf;
 
+/// The architectures named in [`ModelError::UnsupportedArchitecture`]: the registry's
+/// `model_type`s (`crate::arch::supported_names`, checked by a test).
+pub const SUPPORTED_ARCHITECTURES: &str = "llama, mistral, qwen2, opt";
+
 /// Errors of `evop-model`.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -18,7 +22,7 @@ pub enum ModelError {
     #[error("{path}: invalid config: {message}")]
     Config { path: PathBuf, message: String },
     /// The model directory or file holds an architecture this crate does not implement.
-    #[error("{path}: unsupported architecture `{arch}` (supported: llama, mistral, opt)")]
+    #[error("{path}: unsupported architecture `{arch}` (supported: {SUPPORTED_ARCHITECTURES})")]
     UnsupportedArchitecture { path: PathBuf, arch: String },
     /// A GGUF file is malformed, misses a metadata key or uses an unsupported feature.
     #[error("{path}: GGUF: {message}")]

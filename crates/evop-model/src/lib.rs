@@ -5,12 +5,15 @@
 //! implements [`BlockLm`], whose blocks are public steps, so a caller can run any subset of
 //! blocks, read the hidden state at every block boundary and get logits for every position.
 //!
-//! - Architectures: Llama and Mistral ([`llama`]), OPT ([`opt`]), sharing one attention
-//!   implementation ([`numerics`]).
-//! - Loading: Hugging Face directories and llama GGUF files ([`load`]); the GGUF's embedded BPE
-//!   tokenizer is rebuilt ([`tokenizer`]).
-//! - Evaluation: per-token NLL and perplexity with the standard protocol ([`perplexity`]).
-//! - Saving a pruned model as a Hugging Face directory ([`save`]).
+//! The crate reads in four layers, each depending only on those before it:
+//! - [`kernels`]: numerics every architecture shares (attention, rotary tables, elementwise ops),
+//!   each fast CPU/CUDA kernel beside the reference it is tested against;
+//! - [`arch`]: the [`BlockLm`] trait, one file per family of blocks (Llama, with Mistral and
+//!   Qwen2 as configurations of it; OPT) and the registry of supported architectures;
+//! - [`io`]: GGUF files and their embedded tokenizers, Hugging Face directories, synthetic
+//!   random-weight shapes, saving pruned models;
+//! - [`calibration`] and [`perplexity`]: the calibration evaluator with exact prefix reuse and
+//!   the standard perplexity protocol.
 //!
 //! ```no_run
 //! use evop_model::{load, BlockMask, LoadOptions, perplexity};
@@ -22,39 +25,25 @@
 //! println!("{:.3}", ppl.perplexity);
 //! # Ok(()) }
 //! ```
-pub mod block_ops;
+pub mod arch;
 pub mod calibration;
-pub mod cpu_attention;
-#[cfg(feature = "cuda")]
-mod cuda_kernels;
 pub mod device;
 pub mod error;
-pub mod flash_attention;
-pub mod gguf;
-pub mod llama;
-pub mod load;
+pub mod io;
+pub mod kernels;
 pub mod mask;
-pub mod masked_softmax;
-pub mod model;
-pub mod numerics;
-pub mod opt;
 pub mod perplexity;
-pub mod save;
-pub mod synthetic;
-pub mod tokenizer;
 
-#[cfg(test)]
-mod test_util;
-
-pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts, LossKind};
-pub use device::{parse_device, parse_dtype};
-pub use error::{ModelError, Result};
-pub use load::{load, load_placed, LoadOptions, LoadedModel};
-pub use mask::BlockMask;
-pub use model::{
+pub use arch::{
     forward, forward_cached, forward_masked, hidden_states, run_blocks, Architecture, AttnContext, BlockLm, KvCache,
     LayerCache, ModelInfo,
 };
-pub use save::save_pruned;
-pub use tokenizer::encode;
+pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts, LossKind};
+pub use device::{parse_device, parse_dtype};
+pub use error::{ModelError, Result};
+pub use io::load::{load, load_placed, LoadOptions, LoadedModel};
+pub use io::save::save_pruned;
+pub use io::tokenizer::encode;
+pub use io::{gguf, load, save, synthetic, tokenizer};
+pub use mask::BlockMask;
 pub use candle_core::{DType, Device, Tensor};

@@ -4,7 +4,7 @@
 //! GPTQ evaluation code).
 use crate::error::{ModelError, Result};
 use crate::mask::BlockMask;
-use crate::model::{run_blocks, AttnContext, BlockLm};
+use crate::arch::{run_blocks, AttnContext, BlockLm};
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 

@@ -27,8 +27,8 @@
 //! `stride`-th one (an approximation used for screening; the blocks still run on every position,
 //! only the head and the loss shrink).
 use crate::error::Result;
-use crate::model::BlockLm;
-use crate::numerics::exp_f32;
+use crate::arch::BlockLm;
+use crate::kernels::math::exp_f32;
 use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 

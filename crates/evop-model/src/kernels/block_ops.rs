@@ -10,7 +10,7 @@
 //! On a Llama-2-7B-shaped block at a 2,048-token prompt these steps took 0.21 ms (SiLU x up) and
 //! 0.26 ms (rotary with its copies) as tensor ops (docs/gpu.md). The CPU implementations are the
 //! same arithmetic, element by element: the reference the CUDA kernels are tested against (the
-//! CPU itself keeps [`crate::numerics`]' vectorised paths).
+//! CPU itself keeps [`crate::kernels`]' vectorised paths).
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
 /// `silu(gate) * up` for two tensors of the same shape and dtype (f32, bf16, f16).
@@ -213,7 +213,7 @@ impl CustomOp3 for RopeToHeads {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use crate::cuda_kernels::{grid_stride, view};
+    use crate::kernels::cuda::{grid_stride, view};
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits};
     use candle_core::cuda_backend::{kernel_name, Map1, Map2, Map3, WrapErr};
     use candle_core::{CudaDevice, Layout, WithDType};
@@ -301,7 +301,7 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_abs_diff as max_diff;
+    use crate::kernels::test_util::max_abs_diff as max_diff;
     use candle_core::Device;
 
     /// The CPU implementations equal candle's tensor ops; on `EVOP_TEST_DEVICE` the device's
@@ -314,7 +314,7 @@ mod tests {
         let u = Tensor::randn(0f32, 1.0, (3, 5, 37), &cpu).unwrap();
         let want = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
         assert!(max_diff(&silu_mul(&g, &u).unwrap(), &want) < 1e-6);
-        let table = crate::numerics::RotaryTable::new(8, 40, 10_000.0, DType::F32, &cpu).unwrap();
+        let table = crate::kernels::RotaryTable::new(8, 40, 10_000.0, DType::F32, &cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 7, 3, 8), &cpu).unwrap(); // (b, s, h, d)
         let (cos, sin) = table.rows(5, 7).unwrap();
         let want_rope = candle_nn::rotary_emb::rope(&x.transpose(1, 2).unwrap().contiguous().unwrap(), &cos, &sin).unwrap();

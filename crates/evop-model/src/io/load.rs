@@ -1,66 +1,24 @@
 //! Loading a model from a Hugging Face directory (`config.json`, `model.safetensors` or a sharded
 //! index, optional `tokenizer.json`) or a llama GGUF file, into one [`LoadedModel`].
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
-use crate::llama::{Llama, LlamaConfig};
-use crate::model::{Architecture, BlockLm};
-use crate::opt::{Opt, OptConfig};
-use crate::tokenizer::tokenizer_from_gguf;
-use candle_core::{DType, Device, Tensor};
+use crate::io::gguf::GgufFile;
+use crate::arch::llama::{Llama, LlamaConfig};
+use crate::arch::{Architecture, BlockLm, Family};
+use crate::io::tokenizer::tokenizer_from_gguf;
+pub use crate::io::loaded::{LoadOptions, LoadedModel};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokenizers::Tokenizer;
 
-/// Where and in which precision to load.
-#[derive(Clone, Debug)]
-pub struct LoadOptions {
-    pub dtype: DType,
-    pub device: Device,
-}
-
-impl Default for LoadOptions {
-    /// f32 on the CPU.
-    fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu }
-    }
-}
-
-/// A loaded model with everything needed to run, evaluate and save it.
-pub struct LoadedModel {
-    /// The block-level model.
-    pub lm: Arc<dyn BlockLm>,
-    /// The tokenizer, when the source provides one.
-    pub tokenizer: Option<Tokenizer>,
-    /// Every weight under its Hugging Face name (shares storage with `lm`).
-    pub weights: HashMap<String, Tensor>,
-    /// The Hugging Face `config.json` (read, or synthesised from GGUF metadata).
-    pub hf_config: serde_json::Value,
-    /// The file or directory it was loaded from.
-    pub source: PathBuf,
-}
-
-impl LoadedModel {
-    /// The architecture.
-    pub fn architecture(&self) -> Architecture {
-        self.lm.info().architecture
-    }
-
-    /// The tokenizer or an error saying the model has none.
-    pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| {
-            ModelError::Tokenizer(format!("{} has no tokenizer.json", self.source.display()))
-        })
-    }
-}
-
 /// Loads a Hugging Face model directory or a GGUF file.
 /// The path `synthetic:NAME` builds a random-weight model of a published shape (seed 0; see
-/// [`crate::synthetic`]).
+/// [`crate::io::synthetic`]).
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
-    if let Some(name) = crate::synthetic::synthetic_name(path) {
-        crate::synthetic::load_synthetic(name, 0, opts)
+    if let Some(name) = crate::io::synthetic::synthetic_name(path) {
+        crate::io::synthetic::load_synthetic(name, 0, opts)
     } else if path.is_dir() {
         load_hf_dir(path, opts)
     } else if path.is_file() {
@@ -81,8 +39,8 @@ pub fn load_placed(path: &Path, dtype: DType, devices: &[Device]) -> Result<Load
     }
     let host = load(path, &LoadOptions { dtype, device: Device::Cpu })?;
     let arch = host.architecture();
-    if !matches!(arch, Architecture::Llama | Architecture::Mistral) {
-        return Err(ModelError::Input(format!("pipeline placement supports llama and mistral, not {arch}")));
+    if crate::arch::spec(arch).family != Family::Llama {
+        return Err(ModelError::Input(format!("pipeline placement supports Llama-family models, not {arch}")));
     }
     let cfg: LlamaConfig = serde_json::from_value(host.hf_config.clone())
         .map_err(|e| ModelError::Config { path: host.source.clone(), message: e.to_string() })?;
@@ -94,20 +52,26 @@ pub fn load_placed(path: &Path, dtype: DType, devices: &[Device]) -> Result<Load
     Ok(LoadedModel { lm, ..host })
 }
 
-/// Loads a llama GGUF file; Q/K are un-permuted and the embedded tokenizer is rebuilt.
+/// Loads a GGUF file of a Llama-family architecture (`llama`, `qwen2`); llama Q/K rows are
+/// un-permuted and the embedded tokenizer is rebuilt.
 pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let gguf = GgufFile::open(path)?;
-    let cfg = gguf.llama_config()?;
+    let spec = gguf.arch_spec()?;
+    let cfg = gguf.decoder_config()?;
     let weights = gguf.hf_tensors(&cfg, opts.dtype, &opts.device)?;
     let tokenizer = Some(tokenizer_from_gguf(&gguf)?);
     let vb = VarBuilder::from_tensors(weights.clone(), opts.dtype, &opts.device);
-    let lm: Arc<dyn BlockLm> = Arc::new(Llama::new(&cfg, Architecture::Llama, vb)?);
+    let lm: Arc<dyn BlockLm> = Arc::new(Llama::new(&cfg, spec.architecture, vb)?);
     let mut hf_config = serde_json::to_value(&cfg).expect("config serialises");
     let obj = hf_config.as_object_mut().expect("object");
-    obj.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
-    obj.insert("model_type".into(), serde_json::json!("llama"));
+    obj.insert("architectures".into(), serde_json::json!([spec.hf_class]));
+    obj.insert("model_type".into(), serde_json::json!(spec.model_type));
     obj.insert("hidden_act".into(), serde_json::json!("silu"));
     obj.remove("sliding_window");
+    obj.remove("use_sliding_window");
+    if spec.architecture != Architecture::Llama {
+        obj.remove("attention_bias");
+    }
     for (key, hf_key) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")] {
         if let Ok(v) = gguf.meta(key).and_then(|v| v.to_u32().map_err(|e| ModelError::Tokenizer(e.to_string()))) {
             obj.insert(hf_key.into(), serde_json::json!(v));
@@ -158,13 +122,9 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         path: cfg_path.clone(),
         message: "missing field `model_type`".into(),
     })?;
-    let arch = match model_type {
-        "llama" => Architecture::Llama,
-        "mistral" => Architecture::Mistral,
-        "opt" => Architecture::Opt,
-        other => return Err(ModelError::UnsupportedArchitecture { path: cfg_path, arch: other.to_string() }),
-    };
-    let config_err = |e: serde_json::Error| ModelError::Config { path: cfg_path.clone(), message: e.to_string() };
+    let arch = crate::arch::by_model_type(model_type)
+        .ok_or_else(|| ModelError::UnsupportedArchitecture { path: cfg_path.clone(), arch: model_type.to_string() })?
+        .architecture;
     let mut weights = HashMap::new();
     for file in safetensors_files(dir)? {
         let loaded = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| ModelError::Config {
@@ -176,16 +136,7 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         }
     }
     let vb = VarBuilder::from_tensors(weights.clone(), opts.dtype, &opts.device);
-    let lm: Arc<dyn BlockLm> = match arch {
-        Architecture::Llama | Architecture::Mistral => {
-            let cfg: LlamaConfig = serde_json::from_value(hf_config.clone()).map_err(config_err)?;
-            Arc::new(Llama::new(&cfg, arch, vb).map_err(|e| weight_context(e, dir))?)
-        }
-        Architecture::Opt => {
-            let cfg: OptConfig = serde_json::from_value(hf_config.clone()).map_err(config_err)?;
-            Arc::new(Opt::new(&cfg, vb).map_err(|e| weight_context(e, dir))?)
-        }
-    };
+    let lm = crate::arch::build(arch, &hf_config, vb, &cfg_path).map_err(|e| weight_context(e, dir))?;
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = if tok_path.is_file() {
         Some(Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tok_path.display())))?)

@@ -30,7 +30,7 @@ pub use prefix_cache::{CacheStats, KeptSet, PrefixCache};
 
 use crate::error::{ModelError, Result};
 use crate::mask::BlockMask;
-use crate::model::{AttnContext, BlockLm};
+use crate::arch::{AttnContext, BlockLm};
 use crate::perplexity::batch_tensor;
 use candle_core::{DType, Tensor};
 use fused_loss::Positions;
@@ -462,7 +462,7 @@ impl CalibrationEvaluator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::{load, LoadOptions};
+    use crate::io::load::{load, LoadOptions};
     use crate::perplexity::window_nlls;
 
     fn tiny() -> Arc<dyn BlockLm> {
@@ -503,7 +503,7 @@ mod tests {
     /// A 12-block random Llama (hidden 32, vocabulary 96) whose blocks matter: weights uniform with
     /// standard deviation 0.2 from a seeded SplitMix64, norms ones.
     pub(crate) fn deep(blocks: usize, seed: u64) -> Arc<dyn BlockLm> {
-        use crate::llama::{Llama, LlamaConfig};
+        use crate::arch::llama::{Llama, LlamaConfig};
         let cfg = LlamaConfig {
             vocab_size: 96,
             hidden_size: 32,
@@ -517,6 +517,8 @@ mod tests {
             max_position_embeddings: 128,
             tie_word_embeddings: false,
             sliding_window: None,
+            attention_bias: false,
+            use_sliding_window: false,
         };
         let mut state = seed;
         let mut next = move || {
@@ -555,7 +557,7 @@ mod tests {
         }
         w.insert("model.norm.weight".into(), Tensor::ones(32, DType::F32, &candle_core::Device::Cpu).unwrap());
         let vb = candle_nn::VarBuilder::from_tensors(w, DType::F32, &candle_core::Device::Cpu);
-        Arc::new(Llama::new(&cfg, crate::model::Architecture::Llama, vb).unwrap())
+        Arc::new(Llama::new(&cfg, crate::arch::Architecture::Llama, vb).unwrap())
     }
 
     fn deep_windows(count: usize, len: usize) -> Vec<Vec<u32>> {
@@ -736,7 +738,7 @@ mod tests {
         // Direct: full logits of both models, KL per position, mean per window.
         let ids = crate::perplexity::batch_tensor(lm.as_ref(), &windows()).unwrap();
         let lp = |m: &BlockMask| {
-            let logits = crate::model::forward_masked(lm.as_ref(), &ids, m).unwrap().narrow(1, 0, 11).unwrap();
+            let logits = crate::arch::forward_masked(lm.as_ref(), &ids, m).unwrap().narrow(1, 0, 11).unwrap();
             candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap()
         };
         let (p, q) = (lp(&BlockMask::dense(4)), lp(&mask));

@@ -3,7 +3,7 @@
 //! split digits) the pre-tokenizer is [split digits individually; byte-level with the GPT-2 regex,
 //! no prefix space], matching the original `tokenizer.json` of SmolLM2.
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
+use crate::io::gguf::GgufFile;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;

@@ -3,10 +3,10 @@
 //! ReLU MLP, pre- or post-norm (`do_layer_norm_before`), and `project_in` / `project_out` when the
 //! embedding width differs from the hidden size (OPT-350m).
 use crate::error::{ModelError, Result};
-use crate::model::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
-use crate::numerics::{causal_attention, split_heads, split_heads_contiguous};
+use super::block_lm::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
+use crate::kernels::{causal_attention, split_heads, split_heads_contiguous};
 use candle_core::{Module, Tensor};
-use crate::numerics::Linear;
+use crate::kernels::Linear;
 use candle_nn::{layer_norm, Embedding, LayerNorm, LayerNormConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 

@@ -4,9 +4,9 @@
 //! end, so an interrupted save never leaves a partial model where a complete one was expected,
 //! and an existing non-empty directory is never overwritten.
 use crate::error::{ModelError, Result};
-use crate::load::LoadedModel;
+use crate::io::load::LoadedModel;
 use crate::mask::BlockMask;
-use crate::model::Architecture;
+use crate::arch::Architecture;
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +14,7 @@ use std::path::Path;
 /// Prefix of block weights for an architecture (`model.layers.` or `model.decoder.layers.`).
 pub fn block_prefix(arch: Architecture) -> &'static str {
     match arch {
-        Architecture::Llama | Architecture::Mistral => "model.layers.",
+        Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => "model.layers.",
         Architecture::Opt => "model.decoder.layers.",
     }
 }

@@ -1,6 +1,6 @@
 //! Fused causal attention for f32 on the CPU.
 //!
-//! The tensor-op attention ([`crate::numerics::attention_reference`]) materialises the
+//! The tensor-op attention ([`crate::kernels::attention_reference`]) materialises the
 //! `(b, h, s, t)` scores, copies the grouped-query keys and values `n_rep` times, and walks the
 //! scores five more times (scale, dtype, mask, softmax, probabilities times values), mostly in
 //! single-threaded elementwise ops. Here each task takes one (batch, head, tile of query rows),
@@ -15,7 +15,7 @@
 //! Results equal the tensor-op path up to float reassociation and the exponential's rounding (a
 //! Cephes-style polynomial, relative error about 2e-7).
 use candle_core::{DType, Device, Tensor};
-use crate::numerics::exp_f32;
+use super::math::exp_f32;
 use rayon::prelude::*;
 
 /// The keys each query row may attend: row `i` sees keys `lo..hi` of `ranges[i] = (lo, hi)`.
@@ -28,7 +28,7 @@ pub struct KeyRanges {
 impl KeyRanges {
     /// Causal attention for `seq_len` queries at absolute positions `offset..offset + seq_len`
     /// over `offset + seq_len` keys; with `Some(w)` each query sees only the `w` most recent keys
-    /// (itself included), as [`crate::numerics::causal_mask`] builds it.
+    /// (itself included), as [`crate::kernels::causal_mask`] builds it.
     pub fn causal(seq_len: usize, offset: usize, sliding_window: Option<usize>) -> candle_core::Result<Self> {
         if sliding_window == Some(0) {
             candle_core::bail!("a sliding window of 0 keys hides every key");
@@ -49,7 +49,7 @@ impl KeyRanges {
     }
 
     /// The ranges of an additive `(seq_len, keys)` f32 mask that is 0 on one non-empty contiguous
-    /// range of keys per row and `-inf` elsewhere (what [`crate::numerics::causal_mask`] builds);
+    /// range of keys per row and `-inf` elsewhere (what [`crate::kernels::causal_mask`] builds);
     /// `None` for any other mask (other shape, dtype or values).
     pub fn from_mask(mask: &Tensor) -> candle_core::Result<Option<Self>> {
         let Ok((s, t)) = mask.dims2() else { return Ok(None) };
@@ -462,7 +462,7 @@ fn exp_shifted_in_place(x: &mut [f32], m: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::numerics::{attention_reference, causal_mask};
+    use crate::kernels::{attention_reference, causal_mask};
     use proptest::prelude::*;
 
     /// Deterministic values in [-amp, amp) from a seed (SplitMix64).
@@ -498,7 +498,7 @@ mod tests {
         let q = Tensor::from_vec(values(c.seed, c.batch * c.heads * c.seq * c.d, 2.0), (c.batch, c.heads, c.seq, c.d), &dev).unwrap();
         let k = Tensor::from_vec(values(c.seed + 1, c.batch * c.kv_heads * t * c.d, 2.0), (c.batch, c.kv_heads, t, c.d), &dev).unwrap();
         let v = Tensor::from_vec(values(c.seed + 2, c.batch * c.kv_heads * t * c.d, 1.0), (c.batch, c.kv_heads, t, c.d), &dev).unwrap();
-        let mask = crate::numerics::needs_mask(c.seq, c.offset, c.window)
+        let mask = crate::kernels::needs_mask(c.seq, c.offset, c.window)
             .then(|| causal_mask(c.seq, c.offset, c.window, DType::F32, &dev).unwrap());
         let scale = 1.0 / (c.d as f64).sqrt();
         let fused = try_attention(&q, &k, &v, mask.as_ref(), scale).unwrap().expect("fused path applies");
@@ -584,7 +584,7 @@ mod tests {
         let (qh, kh) = (q.to_dtype(DType::BF16).unwrap(), k.to_dtype(DType::BF16).unwrap());
         assert!(try_attention(&qh, &kh, &kh, None, 0.5).unwrap().is_none());
         // Through the dispatcher the fallback gives the reference's answer.
-        let a = crate::numerics::attention(&q, &k, &k, Some(&holed), 0.5).unwrap();
+        let a = crate::kernels::attention(&q, &k, &k, Some(&holed), 0.5).unwrap();
         let b = attention_reference(&q, &k, &k, Some(&holed), 0.5).unwrap();
         assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }

@@ -7,9 +7,9 @@
 //! The same seed gives the same weights on every machine and thread count. Load one with
 //! [`load_synthetic`] or with [`crate::load`] on the path `synthetic:NAME`.
 use crate::error::{ModelError, Result};
-use crate::llama::{Llama, LlamaConfig};
-use crate::load::{LoadOptions, LoadedModel};
-use crate::model::Architecture;
+use crate::arch::llama::{Llama, LlamaConfig};
+use crate::io::loaded::{LoadOptions, LoadedModel};
+use crate::arch::Architecture;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
@@ -38,6 +38,8 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
         max_position_embeddings: 4096,
         tie_word_embeddings: tie,
         sliding_window: None,
+        attention_bias: false,
+        use_sliding_window: false,
     };
     match name {
         "llama2-7b" => Ok(base(32_000, 4096, 11_008, 32, 32, None, false)),
@@ -161,18 +163,18 @@ mod tests {
 
     #[test]
     fn placement_over_stages_gives_the_same_logits() {
-        use crate::model::forward_masked;
+        use crate::arch::forward_masked;
         use crate::mask::BlockMask;
         let path = std::path::Path::new("synthetic:tiny");
         let one = crate::load(path, &LoadOptions::default()).unwrap();
-        let placed = crate::load::load_placed(path, DType::F32, &[Device::Cpu, Device::Cpu, Device::Cpu]).unwrap();
+        let placed = crate::io::load::load_placed(path, DType::F32, &[Device::Cpu, Device::Cpu, Device::Cpu]).unwrap();
         let ids = Tensor::new(&[[3u32, 17, 99, 4, 250, 8, 8, 1]], &Device::Cpu).unwrap();
         let mask = BlockMask::from_removed(6, &[2, 4]).unwrap();
         let a = forward_masked(one.lm.as_ref(), &ids, &mask).unwrap();
         let b = forward_masked(placed.lm.as_ref(), &ids, &mask).unwrap();
         let diff: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
         assert_eq!(diff, 0.0);
-        assert!(crate::load::load_placed(path, DType::F32, &[]).is_err());
+        assert!(crate::io::load::load_placed(path, DType::F32, &[]).is_err());
     }
 
     #[test]

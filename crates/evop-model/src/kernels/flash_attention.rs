@@ -7,7 +7,7 @@
 //! It covers what the models run on GPUs: bf16 or f16, head dimension 64 or 128, causal masks
 //! with a KV-cache offset and an optional sliding window, grouped-query heads read in place.
 //! Everything else (f32, other head sizes, one-token decoding steps, other devices) goes to
-//! [`crate::numerics::attention`]. On the prompt of a Llama-2-7B-shaped model the materialised
+//! [`crate::kernels::attention`]. On the prompt of a Llama-2-7B-shaped model the materialised
 //! path spent 79% of a block in attention (docs/gpu.md).
 use candle_core::{DType, Tensor};
 
@@ -83,7 +83,7 @@ impl candle_core::CustomOp3 for FlashAttention {
         _: &candle_core::CpuStorage,
         _: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        candle_core::bail!("the flash-attention kernel runs on CUDA only (the CPU has crate::cpu_attention)")
+        candle_core::bail!("the flash-attention kernel runs on CUDA only (the CPU has crate::kernels::cpu_attention)")
     }
 
     #[cfg(feature = "cuda")]
@@ -108,7 +108,7 @@ impl candle_core::CustomOp3 for FlashAttention {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::FlashAttention;
-    use crate::cuda_kernels::view;
+    use crate::kernels::cuda::view;
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
     use candle_core::cuda_backend::{kernel_name, Map3, WrapErr};
     use candle_core::{CudaDevice, Layout, WithDType};
@@ -188,8 +188,8 @@ mod tests {
             let k = round(Tensor::randn(0f32, 1.0, (b, h_kv, t, d), &cpu).unwrap());
             let v = round(Tensor::randn(0f32, 1.0, (b, h_kv, t, d), &cpu).unwrap());
             let scale = 1.0 / (d as f64).sqrt();
-            let mask = crate::numerics::causal_mask(s, offset, window, DType::F32, &cpu).unwrap();
-            let want = crate::numerics::attention_reference(&q, &k, &v, Some(&mask), scale).unwrap();
+            let mask = crate::kernels::causal_mask(s, offset, window, DType::F32, &cpu).unwrap();
+            let want = crate::kernels::attention_reference(&q, &k, &v, Some(&mask), scale).unwrap();
             let on = |x: &Tensor| x.to_dtype(dtype).unwrap().to_device(&dev).unwrap();
             let got = try_flash_attention(&on(&q), &on(&k), &on(&v), offset, window, scale).unwrap();
             let Some(got) = got else {
@@ -197,7 +197,7 @@ mod tests {
                 continue;
             };
             assert_eq!(got.dims(), &[b, s, h * d]);
-            let diff = crate::test_util::max_abs_diff(&got, &want);
+            let diff = crate::kernels::test_util::max_abs_diff(&got, &want);
             // Probabilities are rounded to the input dtype before P V, as in FlashAttention.
             let tol = if dtype == DType::BF16 { 2e-2 } else { 4e-3 };
             assert!(diff < tol, "case b{b} h{h}/{h_kv} s{s} offset{offset} window{window:?} d{d} {dtype:?}: max diff {diff}");
@@ -220,14 +220,14 @@ mod tests {
             let k = Tensor::randn(0f32, 1.0, (1, h, t, d), &cpu).unwrap();
             let onehot: Vec<f32> = (0..h * t * d).map(|i| if (i / d) % t % d == i % d { 1.0 } else { 0.0 }).collect();
             let v = Tensor::from_vec(onehot, (1, h, t, d), &cpu).unwrap();
-            let mask = crate::numerics::causal_mask(s, offset, window, DType::F32, &cpu).unwrap();
-            let want = crate::numerics::attention_reference(&q, &k, &v, Some(&mask), 0.125).unwrap();
+            let mask = crate::kernels::causal_mask(s, offset, window, DType::F32, &cpu).unwrap();
+            let want = crate::kernels::attention_reference(&q, &k, &v, Some(&mask), 0.125).unwrap();
             let on = |x: &Tensor| x.to_dtype(DType::F16).unwrap().to_device(&dev).unwrap();
             let Some(got) = try_flash_attention(&on(&q), &on(&k), &on(&v), offset, window, 0.125).unwrap() else {
                 assert!(!dev.is_cuda() || !cfg!(feature = "cuda"), "the kernel must apply on CUDA");
                 continue;
             };
-            let diff = crate::test_util::max_abs_diff(&got, &want);
+            let diff = crate::kernels::test_util::max_abs_diff(&got, &want);
             assert!(diff < 2e-3, "s {s} offset {offset} window {window:?}: max diff {diff}");
         }
     }

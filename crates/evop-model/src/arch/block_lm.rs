@@ -1,11 +1,13 @@
-//! The block-level interface every architecture implements, and the forward passes built on it.
+//! The block-level interface every architecture implements ([`BlockLm`]), and the forward passes
+//! built on it.
 //!
 //! Unlike candle-transformers' models, blocks are public steps: a caller can embed tokens, run any
 //! subset of blocks in order, inspect the hidden state at every block boundary and apply the head
 //! to every position. Skipping block `i` means it is the identity on the residual stream.
 use crate::error::{ModelError, Result};
 use crate::mask::BlockMask;
-use crate::numerics::{causal_mask, needs_mask};
+pub use crate::kernels::AttnContext;
+use crate::kernels::{causal_mask, needs_mask};
 use candle_core::{DType, Device, Tensor};
 
 /// The architectures this crate implements.
@@ -16,6 +18,8 @@ pub enum Architecture {
     Llama,
     /// Mistral: Llama with sliding-window attention.
     Mistral,
+    /// Qwen2: Llama with biases on the query, key and value projections.
+    Qwen2,
     /// OPT: learned positions, LayerNorm with bias, biased linears, ReLU MLP.
     Opt,
 }
@@ -25,6 +29,7 @@ impl std::fmt::Display for Architecture {
         f.write_str(match self {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
             Self::Opt => "opt",
         })
     }
@@ -43,19 +48,6 @@ pub struct ModelInfo {
     pub sliding_window: Option<usize>,
     pub dtype: DType,
     pub device: Device,
-}
-
-/// Per-forward attention context: where the chunk starts and its additive causal mask.
-#[derive(Clone, Debug)]
-pub struct AttnContext {
-    /// Absolute position of the first token of this chunk (the KV cache length).
-    pub offset: usize,
-    /// Tokens in this chunk.
-    pub seq_len: usize,
-    /// `(seq_len, offset + seq_len)` additive mask, or `None` when no position is hidden.
-    pub mask: Option<Tensor>,
-    /// The model's attention window (Mistral), which the mask also encodes.
-    pub sliding_window: Option<usize>,
 }
 
 impl AttnContext {

@@ -1,11 +1,15 @@
-//! Loading llama-architecture GGUF files (the llama.cpp format): metadata to a [`LlamaConfig`],
-//! tensors dequantised and renamed to Hugging Face names, and Q/K rows un-permuted from GGUF's
-//! interleaved-RoPE layout back to the half-split layout our Llama blocks use.
+//! Loading GGUF files (the llama.cpp format) of the Llama-family architectures the registry
+//! names (`llama`, `qwen2`): metadata (keys prefixed by `general.architecture`) to a
+//! [`LlamaConfig`], tensors dequantised (candle's dequantisers: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0, Q2_K..Q6_K, Q8_K) and renamed to Hugging Face names.
 //!
-//! llama.cpp's converter permutes each Q/K weight as
-//! `w.reshape(heads, 2, head_dim / 2, in).swapaxes(1, 2)`; [`unpermute_rows`] inverts that.
+//! llama.cpp's converter (`convert_hf_to_gguf.py`, `LlamaModel.modify_tensors`) permutes each Q/K
+//! weight of the `llama` architecture as `w.reshape(heads, 2, head_dim / 2, in).swapaxes(1, 2)`
+//! for interleaved RoPE; [`unpermute_rows`] inverts that. Qwen2 is converted unpermuted (NEOX
+//! RoPE), so its rows are read as they are.
 use crate::error::{ModelError, Result};
-use crate::llama::LlamaConfig;
+use crate::arch::llama::LlamaConfig;
+use crate::arch::{by_gguf_arch, ArchSpec};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -83,31 +87,38 @@ impl GgufFile {
             .clone())
     }
 
-    /// The Llama configuration described by the metadata.
-    pub fn llama_config(&self) -> Result<LlamaConfig> {
+    /// The registry row of this file's architecture, or an error naming it when evop does not
+    /// read GGUF files of that architecture.
+    pub fn arch_spec(&self) -> Result<&'static ArchSpec> {
         let arch = self.architecture()?;
-        if arch != "llama" {
-            return Err(ModelError::UnsupportedArchitecture { path: self.path.clone(), arch });
-        }
-        let vocab_size = match self.meta_usize("llama.vocab_size") {
+        by_gguf_arch(&arch).ok_or_else(|| ModelError::UnsupportedArchitecture { path: self.path.clone(), arch })
+    }
+
+    /// The decoder configuration described by the metadata (keys `ARCH.block_count` and so on).
+    pub fn decoder_config(&self) -> Result<LlamaConfig> {
+        let arch = self.arch_spec()?.gguf_arch.expect("looked up by its GGUF name");
+        let key = |k: &str| format!("{arch}.{k}");
+        let vocab_size = match self.meta_usize(&key("vocab_size")) {
             Ok(v) => v,
             Err(_) => self.meta_strings("tokenizer.ggml.tokens")?.len(),
         };
-        let heads = self.meta_usize("llama.attention.head_count")?;
-        let hidden = self.meta_usize("llama.embedding_length")?;
+        let heads = self.meta_usize(&key("attention.head_count"))?;
+        let hidden = self.meta_usize(&key("embedding_length"))?;
         Ok(LlamaConfig {
             vocab_size,
             hidden_size: hidden,
-            intermediate_size: self.meta_usize("llama.feed_forward_length")?,
-            num_hidden_layers: self.meta_usize("llama.block_count")?,
+            intermediate_size: self.meta_usize(&key("feed_forward_length"))?,
+            num_hidden_layers: self.meta_usize(&key("block_count"))?,
             num_attention_heads: heads,
-            num_key_value_heads: Some(self.meta_usize("llama.attention.head_count_kv").unwrap_or(heads)),
-            head_dim: Some(self.meta_usize("llama.rope.dimension_count").unwrap_or(hidden / heads)),
-            rope_theta: self.meta_f64("llama.rope.freq_base").unwrap_or(10_000.0),
-            rms_norm_eps: self.meta_f64("llama.attention.layer_norm_rms_epsilon")?,
-            max_position_embeddings: self.meta_usize("llama.context_length").unwrap_or(2048),
+            num_key_value_heads: Some(self.meta_usize(&key("attention.head_count_kv")).unwrap_or(heads)),
+            head_dim: Some(self.meta_usize(&key("rope.dimension_count")).unwrap_or(hidden / heads)),
+            rope_theta: self.meta_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            rms_norm_eps: self.meta_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            max_position_embeddings: self.meta_usize(&key("context_length")).unwrap_or(2048),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             sliding_window: None,
+            attention_bias: false,
+            use_sliding_window: false,
         })
     }
 
@@ -119,11 +130,12 @@ impl GgufFile {
         names.sort();
         for name in names {
             let hf = hf_name(name).ok_or_else(|| self.err(format!("unexpected tensor `{name}`")))?;
+            let permuted = self.arch_spec()?.gguf_permutes_qk;
             let q = self.content.tensor(&mut f, name, &Device::Cpu).map_err(|e| self.err(format!("tensor `{name}`: {e}")))?;
             let mut t = q.dequantize(&Device::Cpu).map_err(|e| self.err(format!("tensor `{name}`: {e}")))?;
-            if name.ends_with("attn_q.weight") {
+            if permuted && name.ends_with("attn_q.weight") {
                 t = unpermute_rows(&t, cfg.num_attention_heads)?;
-            } else if name.ends_with("attn_k.weight") {
+            } else if permuted && name.ends_with("attn_k.weight") {
                 t = unpermute_rows(&t, cfg.num_kv_heads())?;
             }
             out.insert(hf, t.to_dtype(dtype)?.to_device(device)?);
@@ -132,7 +144,7 @@ impl GgufFile {
     }
 }
 
-/// Maps a GGUF llama tensor name to its Hugging Face name.
+/// Maps a GGUF tensor name of a Llama-family model to its Hugging Face name.
 fn hf_name(gguf: &str) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
@@ -150,6 +162,10 @@ fn hf_name(gguf: &str) -> Option<String> {
         "attn_q.weight" => "self_attn.q_proj.weight",
         "attn_k.weight" => "self_attn.k_proj.weight",
         "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_output.bias" => "self_attn.o_proj.bias",
         "attn_output.weight" => "self_attn.o_proj.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",
@@ -192,6 +208,7 @@ mod tests {
     fn names_map_to_hugging_face() {
         assert_eq!(hf_name("blk.12.ffn_gate.weight").unwrap(), "model.layers.12.mlp.gate_proj.weight");
         assert_eq!(hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
+        assert_eq!(hf_name("blk.3.attn_k.bias").unwrap(), "model.layers.3.self_attn.k_proj.bias");
         assert!(hf_name("blk.x.attn_q.weight").is_none());
     }
 }

@@ -1,11 +1,15 @@
-//! Llama and Mistral decoder blocks (Touvron et al. 2023; Jiang et al. 2023), written to read next
-//! to Hugging Face's `modeling_llama.py` / `modeling_mistral.py`. Mistral is Llama plus a sliding
-//! attention window, so both share this file and differ only in `sliding_window`.
-use crate::error::Result;
-use crate::model::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
-use crate::numerics::{self, split_heads, RotaryTable};
+//! The Llama decoder block (Touvron et al. 2023) and its configured variants, written to read next
+//! to Hugging Face's `modeling_llama.py`, `modeling_mistral.py` and `modeling_qwen2.py`:
+//! - Mistral (Jiang et al. 2023) is Llama plus a sliding attention window (`sliding_window`);
+//! - Qwen2 (Yang et al. 2024) is Llama with biases on the query, key and value projections
+//!   (none on the output projection), its own rope base and epsilon, and usually an untied head.
+//!
+//! The variants differ only in [`AttentionLayout::of`].
+use crate::error::{ModelError, Result};
+use super::block_lm::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
+use crate::kernels::{self, split_heads, RotaryTable};
 use candle_core::{Device, Module, Tensor};
-use crate::numerics::Linear;
+use crate::kernels::Linear;
 use candle_nn::{rms_norm, Embedding, RmsNorm, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +48,50 @@ pub struct LlamaConfig {
     /// Mistral only: each query attends at most this many most recent keys.
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// Llama configs: biases on all four attention projections (`attention_bias` in
+    /// `config.json`). Qwen2 has q/k/v biases whatever this says.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Qwen2 configs: whether `sliding_window` applies (Qwen2.5 checkpoints set `false`).
+    #[serde(default)]
+    pub use_sliding_window: bool,
+}
+
+/// What distinguishes the variants' attention: which projections carry a bias and whether a
+/// sliding window applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionLayout {
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub sliding_window: Option<usize>,
+}
+
+impl AttentionLayout {
+    /// The layout of `architecture` under `cfg`.
+    pub fn of(architecture: Architecture, cfg: &LlamaConfig) -> Result<Self> {
+        Ok(match architecture {
+            Architecture::Mistral => Self { qkv_bias: false, o_bias: false, sliding_window: cfg.sliding_window },
+            Architecture::Qwen2 => {
+                if cfg.use_sliding_window {
+                    return Err(ModelError::Input(
+                        "Qwen2 with `use_sliding_window: true` (windowed attention in the upper layers) is not implemented".into(),
+                    ));
+                }
+                Self { qkv_bias: true, o_bias: false, sliding_window: None }
+            }
+            Architecture::Llama => {
+                Self { qkv_bias: cfg.attention_bias, o_bias: cfg.attention_bias, sliding_window: None }
+            }
+            Architecture::Opt => {
+                return Err(ModelError::Input("OPT blocks are not Llama blocks: use arch::opt".into()));
+            }
+        })
+    }
+}
+
+/// A linear layer with or without a bias.
+fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Linear> {
+    Ok(Linear::from(if bias { candle_nn::linear(in_dim, out_dim, vb)? } else { candle_nn::linear_no_bias(in_dim, out_dim, vb)? }))
 }
 
 impl LlamaConfig {
@@ -111,12 +159,13 @@ impl Llama {
         block_stage: &[usize],
     ) -> Result<Self> {
         if stages.is_empty() || block_stage.len() != cfg.num_hidden_layers || block_stage.iter().any(|&s| s >= stages.len()) {
-            return Err(crate::error::ModelError::Input(format!(
+            return Err(ModelError::Input(format!(
                 "placement of {} blocks on {} stages is invalid: {block_stage:?}",
                 cfg.num_hidden_layers,
                 stages.len()
             )));
         }
+        let layout = AttentionLayout::of(architecture, cfg)?;
         let vb = &stages[0];
         let head_dim = cfg.head_dim();
         let (h, heads, kv_heads) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_kv_heads());
@@ -131,10 +180,10 @@ impl Llama {
             blocks.push(Block {
                 input_norm: rms_norm(h, cfg.rms_norm_eps, b.pp("input_layernorm"))?,
                 attn: Attention {
-                    q: Linear::from(candle_nn::linear_no_bias(h, heads * head_dim, a.pp("q_proj"))?),
-                    k: Linear::from(candle_nn::linear_no_bias(h, kv_heads * head_dim, a.pp("k_proj"))?),
-                    v: Linear::from(candle_nn::linear_no_bias(h, kv_heads * head_dim, a.pp("v_proj"))?),
-                    o: Linear::from(candle_nn::linear_no_bias(heads * head_dim, h, a.pp("o_proj"))?),
+                    q: linear(h, heads * head_dim, layout.qkv_bias, a.pp("q_proj"))?,
+                    k: linear(h, kv_heads * head_dim, layout.qkv_bias, a.pp("k_proj"))?,
+                    v: linear(h, kv_heads * head_dim, layout.qkv_bias, a.pp("v_proj"))?,
+                    o: linear(heads * head_dim, h, layout.o_bias, a.pp("o_proj"))?,
                     heads,
                     kv_heads,
                     scale: 1.0 / (head_dim as f64).sqrt(),
@@ -164,7 +213,7 @@ impl Llama {
             hidden_size: h,
             vocab_size: cfg.vocab_size,
             max_positions: cfg.max_position_embeddings,
-            sliding_window: if architecture == Architecture::Mistral { cfg.sliding_window } else { None },
+            sliding_window: layout.sliding_window,
             dtype: vb.dtype(),
             device: vb.device().clone(),
         };
@@ -182,13 +231,13 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         let q = split_heads(&self.q.forward(x)?, self.heads)?;
         let k = split_heads(&self.k.forward(x)?, self.kv_heads)?;
-        let v = numerics::split_heads_contiguous(&self.v.forward(x)?, self.kv_heads)?;
+        let v = kernels::split_heads_contiguous(&self.v.forward(x)?, self.kv_heads)?;
         let (q, k) = rotary.apply(&q, &k, ctx.offset)?;
         let (k, v) = match cache {
             Some(c) => c.append(k, v)?,
             None => (k, v),
         };
-        let out = numerics::causal_attention(&q, &k, &v, ctx, self.scale)?;
+        let out = kernels::causal_attention(&q, &k, &v, ctx, self.scale)?;
         self.o.forward(&out)
     }
 }
@@ -241,10 +290,10 @@ impl BlockLm for Llama {
             }
             _ => ctx,
         };
-        let x = numerics::add(hidden, &b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary[stage], ctx, cache)?)?;
+        let x = kernels::add(hidden, &b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary[stage], ctx, cache)?)?;
         let n = b.post_attn_norm.forward(&x)?;
-        let mlp = b.mlp.down.forward(&numerics::silu_mul(&b.mlp.gate.forward(&n)?, &b.mlp.up.forward(&n)?)?)?;
-        Ok(numerics::add(&x, &mlp)?)
+        let mlp = b.mlp.down.forward(&kernels::silu_mul(&b.mlp.gate.forward(&n)?, &b.mlp.up.forward(&n)?)?)?;
+        Ok(kernels::add(&x, &mlp)?)
     }
 
     fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {

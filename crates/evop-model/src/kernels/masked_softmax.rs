@@ -4,7 +4,7 @@
 //!
 //! On CUDA this is one kernel (`kernels/masked_softmax.cu`, compiled to PTX by `build.rs`) that
 //! reads the scores once per pass and never materialises an f32 copy. It replaces the four
-//! elementwise passes of the tensor-op attention ([`crate::numerics::attention_reference`]: scale,
+//! elementwise passes of the tensor-op attention ([`crate::kernels::attention_reference`]: scale,
 //! cast to f32, broadcast mask add, cast back) around candle's softmax, which dominated the GPU
 //! prompt time (docs/gpu.md, "Where the GPU prompt time goes"). The CPU implementation is the
 //! same arithmetic row by row: the reference the CUDA kernel is tested against.
@@ -131,7 +131,7 @@ impl CustomOp2 for MaskedSoftmax {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use crate::cuda_kernels::view;
+    use crate::kernels::cuda::view;
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
     use candle_core::cuda_backend::{kernel_name, CudaStorageSlice, Map1, Map2, WrapErr};
@@ -219,7 +219,7 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_abs_diff as max_diff;
+    use crate::kernels::test_util::max_abs_diff as max_diff;
     use candle_core::Device;
 
     fn reference(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
@@ -235,7 +235,7 @@ mod tests {
     fn equals_scale_mask_softmax_on_the_cpu() {
         let dev = Device::Cpu;
         let scores = Tensor::randn(0f32, 3.0, (2, 3, 5, 7), &dev).unwrap();
-        let mask = crate::numerics::causal_mask(5, 2, Some(4), DType::F32, &dev).unwrap();
+        let mask = crate::kernels::causal_mask(5, 2, Some(4), DType::F32, &dev).unwrap();
         for (m, scale) in [(Some(&mask), 0.125), (None, 0.3)] {
             let got = masked_softmax(&scores, m, scale).unwrap();
             assert!(max_diff(&got, &reference(&scores, m, scale)) < 1e-6);
@@ -267,7 +267,7 @@ mod tests {
         {
             let t = s + offset;
             let scores = Tensor::randn(0f32, 4.0, (2, 3, s, t), &cpu).unwrap().to_dtype(dtype).unwrap();
-            let mask = crate::numerics::causal_mask(s, offset, window, dtype, &cpu).unwrap();
+            let mask = crate::kernels::causal_mask(s, offset, window, dtype, &cpu).unwrap();
             let want = masked_softmax(&scores, Some(&mask), 0.09).unwrap();
             let got = masked_softmax(&scores.to_device(&dev).unwrap(), Some(&mask.to_device(&dev).unwrap()), 0.09).unwrap();
             assert!(max_diff(&got.to_device(&cpu).unwrap(), &want) < tol, "s {s} dtype {dtype:?}");
