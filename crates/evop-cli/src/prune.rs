@@ -5,12 +5,7 @@
 //! With no arguments: SmolLM2-135M (fetched if missing), 6 of 30 blocks, CCDS calibration of 8
 //! windows x 128 tokens from the Wikipedia leads' calibration split, EvoP's GA, then SLEB on the
 //! same calibration set, perplexity on 24 windows x 256 tokens of the evaluation split.
-use crate::experiment::{evaluate, ExperimentArgs, MethodRun};
-#[cfg(not(feature = "mpi"))]
-use crate::experiment::run_method;
-// Under mpirun/srun, spreads the EvoP search over the ranks (else the same as experiment's).
-#[cfg(feature = "mpi")]
-use crate::mpi::run_method;
+use crate::experiment::{evaluate, ExperimentArgs, MethodRun, MethodRunner};
 use anyhow::{bail, Context, Result};
 use evop::model::BlockMask;
 use std::path::PathBuf;
@@ -48,6 +43,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    run_with(args, crate::experiment::run_method)
+}
+
+/// [`run`] with the methods run by `run_method` (under mpirun/srun, `mpi::run_method` spreads the
+/// EvoP search over the ranks).
+pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
     // Settings errors before anything is loaded or written.
     args.exp.search_spec()?;
     let model_dir = args.out.join("model");
