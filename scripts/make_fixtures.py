@@ -6,8 +6,9 @@ Run by hand (see scripts/README.md); the outputs are committed.
 Modes:
   make_fixtures.py                       write everything (tiny models + MiniLM reference)
   make_fixtures.py --only models         tiny random-weight checkpoints + expected logits
+  make_fixtures.py --model qwen2         only the named tiny model(s) (repeatable); others untouched
   make_fixtures.py --only minilm         MiniLM reference embeddings (needs the evop asset cache)
-  make_fixtures.py --check-saved DIR --expected FILE [--key logits] [--tol 1e-4]
+  make_fixtures.py --check-saved DIR --expected FILE [--key logits] [--tol 1e-4] [--expect-class CLS]
                                          load an evop-saved HF directory with AutoModelForCausalLM and
                                          compare its logits on FILE's `input_ids` with FILE's `logits`
 
@@ -108,17 +109,31 @@ def fixture_specs(transformers):
         ("opt_pre", t.OPTForCausalLM, t.OPTConfig(**opt_kwargs(pre=True, proj_dim=64))),
         ("opt_post", t.OPTForCausalLM, t.OPTConfig(**opt_kwargs(pre=False, proj_dim=64))),
         ("opt_proj", t.OPTForCausalLM, t.OPTConfig(**opt_kwargs(pre=False, proj_dim=32))),
+        # Appended last: a fixture's seed is SEED + its index here, so earlier fixtures keep their bytes.
+        ("qwen2", t.Qwen2ForCausalLM, t.Qwen2Config(**qwen2_kwargs())),
     ]
 
 
-def randomize(torch, model, seed: int) -> None:
-    """Non-trivial random weights: matrices N(0, 0.1), norm weights 1 + 0.1 N, biases 0.05 N."""
+def qwen2_kwargs() -> dict:
+    """Qwen2: the Llama sizes with Qwen2's rope base and eps, q/k/v biases (always on in Qwen2), no window."""
+    kw = llama_kwargs(tie=False)
+    kw.update(rope_theta=1e6, rms_norm_eps=1e-6, use_sliding_window=False)
+    return kw
+
+
+# Bias scale per fixture (default 0.05). Qwen2's q/k/v biases are the feature under test, so they are large
+# enough that dropping any one of them moves the logits far beyond the test tolerance (checked on generation).
+BIAS_SCALE = {"qwen2": 0.5}
+
+
+def randomize(torch, model, seed: int, bias_scale: float = 0.05) -> None:
+    """Non-trivial random weights: matrices N(0, 0.1), norm weights 1 + 0.1 N, biases bias_scale * N."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
             if name.endswith("bias"):
-                p.copy_(0.05 * noise)
+                p.copy_(bias_scale * noise)
             elif p.ndim == 1:  # RMSNorm / LayerNorm weight
                 p.copy_(1.0 + 0.1 * noise)
             else:  # linear, embedding, learned positions
@@ -177,7 +192,7 @@ def make_model_fixture(torch, transformers, save_file, index: int, name: str, cl
     torch.manual_seed(SEED + index)
     config._attn_implementation = "eager"
     model = cls(config).eval()
-    randomize(torch, model, SEED + index)
+    randomize(torch, model, SEED + index, BIAS_SCALE.get(name, 0.05))
     model.save_pretrained(out, safe_serialization=True)
     for extra in ("generation_config.json",):
         (out / extra).unlink(missing_ok=True)
@@ -215,6 +230,8 @@ def make_model_fixture(torch, transformers, save_file, index: int, name: str, cl
     info = {"sliding_window_check": None}
     if name == "mistral":
         info["sliding_window_check"] = check_sliding_window(torch, transformers, model, out, input_ids)
+    if name == "qwen2":
+        info = {"bias_check": check_biases(torch, model, input_ids, tensors["logits_dense"])}
     save_file(tensors, str(out / "expected.safetensors"))
     meta = {
         "masks": MASKS,
@@ -235,11 +252,34 @@ def make_model_fixture(torch, transformers, save_file, index: int, name: str, cl
             if name == "mistral"
             else {}
         ),
+        **({"bias_scale": BIAS_SCALE["qwen2"], **info} if name == "qwen2" else {}),
     }
     (out / "expected.json").write_text(json.dumps(meta, indent=2) + "\n")
     sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     print(f"{name}: {sizes}")
     return sizes
+
+
+def check_biases(torch, model, input_ids, dense) -> str:
+    """Each of Qwen2's q/k/v biases must matter: zeroing one of them moves the logits by > 1e-2."""
+    parts = []
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        saved = [(l.self_attn, getattr(l.self_attn, proj).bias.detach().clone()) for l in layer_list_owner(model).layers]
+        try:
+            with torch.no_grad():
+                for attn, _ in saved:
+                    getattr(attn, proj).bias.zero_()
+                d = (model(input_ids=input_ids, use_cache=False).logits - dense).abs().max().item()
+        finally:
+            with torch.no_grad():
+                for attn, b in saved:
+                    getattr(attn, proj).bias.copy_(b)
+        assert d > 1e-2, f"zeroing the {proj} biases moved the logits by only {d}"
+        parts.append(f"{proj} {d:.3f}")
+    assert all(l.self_attn.o_proj.bias is None for l in layer_list_owner(model).layers), "Qwen2 has no o_proj bias"
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=input_ids, use_cache=False).logits, dense), "biases not restored"
+    return "max |logit change| when zeroing the biases of all blocks: " + ", ".join(parts)
 
 
 def check_sliding_window(torch, transformers, model, out: Path, input_ids) -> str:
@@ -259,11 +299,18 @@ def check_sliding_window(torch, transformers, model, out: Path, input_ids) -> st
     return f"vs no window: positions < {window} differ by {head:.2e}, position {window} by {first:.3f}, later up to {tail:.3f}"
 
 
-def make_models() -> None:
+def make_models(only: list[str] | None = None) -> None:
     torch, transformers, _, save_file = torch_modules()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    specs = fixture_specs(transformers)
+    known = [name for name, _, _ in specs]
+    unknown = sorted(set(only or []) - set(known))
+    if unknown:
+        sys.exit(f"unknown fixture model(s) {unknown}; known: {known}")
     total = 0
-    for index, (name, cls, config) in enumerate(fixture_specs(transformers)):
+    for index, (name, cls, config) in enumerate(specs):
+        if only and name not in only:
+            continue
         total += sum(make_model_fixture(torch, transformers, save_file, index, name, cls, config).values())
     print(f"tiny model fixtures: {total / 1e6:.2f} MB in {MODEL_FIXTURES}")
 
@@ -273,7 +320,7 @@ def make_models() -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def check_saved(directory: str, expected: str, key: str, tol: float) -> int:
+def check_saved(directory: str, expected: str, key: str, tol: float, expect_class: str | None = None) -> int:
     torch, transformers, load_file, _ = torch_modules()
     ref = load_file(expected)
     if "input_ids" not in ref or key not in ref:
@@ -289,8 +336,12 @@ def check_saved(directory: str, expected: str, key: str, tol: float) -> int:
         return 1
     diff = (logits - want).abs().max().item()
     ok = diff <= tol
+    cls = type(model).__name__
+    if expect_class and cls != expect_class:
+        print(f"FAIL: {directory} loads as {cls}, expected {expect_class}")
+        ok = False
     layers = getattr(model.config, "num_hidden_layers", "?")
-    print(f"{'PASS' if ok else 'FAIL'}: {directory} ({type(model).__name__}, {layers} layers) max |logits - {key}| = {diff:.3e} (tol {tol:g})")
+    print(f"{'PASS' if ok else 'FAIL'}: {directory} ({cls}, {layers} layers) max |logits - {key}| = {diff:.3e} (tol {tol:g})")
     return 0 if ok else 1
 
 
@@ -395,18 +446,24 @@ def make_minilm(max_length: int = 128) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["models", "minilm"], help="write only one group of fixtures")
+    ap.add_argument("--model", action="append", metavar="NAME",
+                    help="with --only models (or none): write only this tiny model (repeatable), e.g. --model qwen2")
     ap.add_argument("--check-saved", metavar="DIR", help="HF directory written by evop to check")
     ap.add_argument("--expected", metavar="FILE", help="safetensors with `input_ids` and the expected logits")
     ap.add_argument("--key", default="logits", help="name of the expected-logits tensor in FILE (default: logits)")
     ap.add_argument("--tol", type=float, default=1e-4, help="max abs logits difference for PASS (default: 1e-4)")
+    ap.add_argument("--expect-class", metavar="CLASS",
+                    help="with --check-saved: FAIL unless transformers builds this class (e.g. Qwen2ForCausalLM)")
     args = ap.parse_args()
     if args.check_saved:
         if not args.expected:
             ap.error("--check-saved needs --expected FILE")
-        return check_saved(args.check_saved, args.expected, args.key, args.tol)
+        return check_saved(args.check_saved, args.expected, args.key, args.tol, args.expect_class)
+    if args.model and args.only == "minilm":
+        ap.error("--model selects tiny models; it cannot go with --only minilm")
     if args.only in (None, "models"):
-        make_models()
-    if args.only in (None, "minilm"):
+        make_models(args.model)
+    if args.only in (None, "minilm") and not args.model:
         make_minilm()
     return 0
 

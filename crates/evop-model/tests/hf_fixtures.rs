@@ -1,4 +1,4 @@
-//! Tiny random-weight Llama, Mistral and OPT checkpoints against Hugging Face transformers'
+//! Tiny random-weight Llama, Mistral, Qwen2 and OPT checkpoints against Hugging Face transformers'
 //! logits (fixtures written by `scripts/make_fixtures.py`), dense and with blocks removed.
 use evop_model::{forward_masked, load, BlockMask, LoadOptions, Tensor};
 use std::path::PathBuf;
@@ -51,6 +51,11 @@ fn mistral_sliding_window_matches_transformers() {
 }
 
 #[test]
+fn qwen2_with_qkv_biases_matches_transformers() {
+    check_fixture("qwen2");
+}
+
+#[test]
 fn opt_pre_norm_matches_transformers() {
     check_fixture("opt_pre");
 }
@@ -69,7 +74,7 @@ fn opt_with_projections_matches_transformers() {
 fn cached_generation_equals_full_forward() {
     // Feeding tokens one at a time through the KV cache gives the full forward's logits, for every
     // architecture (Mistral's window is shorter than the sequence) and with blocks removed.
-    for name in ["llama", "mistral", "opt_proj"] {
+    for name in ["llama", "mistral", "qwen2", "opt_proj"] {
         let opts = opts();
         let tol = evop_model::device::logit_tolerance(&opts.device);
         let model = load(&fixture_dir(name), &opts).unwrap();

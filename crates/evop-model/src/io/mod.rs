@@ -3,6 +3,7 @@
 //! ([`synthetic`]), and pruned models written back as Hugging Face directories ([`save`]).
 //! Every loader returns a [`loaded::LoadedModel`].
 pub mod gguf;
+pub mod gguf_write;
 pub mod load;
 pub mod loaded;
 pub mod save;

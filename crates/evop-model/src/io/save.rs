@@ -11,6 +11,9 @@ use candle_core::Tensor;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// `config.json` arrays with one entry per block.
+const PER_BLOCK_CONFIG_KEYS: &[&str] = &["layer_types"];
+
 /// Prefix of block weights for an architecture (`model.layers.` or `model.decoder.layers.`).
 pub fn block_prefix(arch: Architecture) -> &'static str {
     match arch {
@@ -92,6 +95,21 @@ fn write_into(model: &LoadedModel, mask: &BlockMask, dir: &Path) -> Result<()> {
         message: "config is not a JSON object".into(),
     })?;
     obj.insert("num_hidden_layers".into(), serde_json::json!(mask.num_blocks() - mask.num_removed()));
+    // Per-block config arrays (transformers >= 5 writes `layer_types` for Qwen2 and others) keep
+    // the kept blocks' entries: transformers refuses a config whose arrays disagree with
+    // `num_hidden_layers`.
+    for key in PER_BLOCK_CONFIG_KEYS {
+        if let Some(serde_json::Value::Array(items)) = obj.get(*key) {
+            if items.len() != mask.num_blocks() {
+                return Err(ModelError::Config {
+                    path: model.source.clone(),
+                    message: format!("`{key}` has {} entries for {} blocks", items.len(), mask.num_blocks()),
+                });
+            }
+            let kept: Vec<serde_json::Value> = mask.kept().map(|i| items[i].clone()).collect();
+            obj.insert((*key).into(), serde_json::Value::Array(kept));
+        }
+    }
     let dtype = match model.lm.info().dtype {
         candle_core::DType::F16 => "float16",
         candle_core::DType::BF16 => "bfloat16",
