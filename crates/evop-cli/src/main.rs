@@ -1,5 +1,6 @@
 //! The `evop` command line: prune a model with EvoP or a baseline, evaluate, compare methods,
 //! generate text, and fetch the default assets.
+mod apply;
 mod common;
 mod compare;
 mod eval;
@@ -39,6 +40,8 @@ enum Command {
     Eval(eval::Args),
     /// Sample text from a dense or pruned model with a KV cache.
     Generate(generate::Args),
+    /// Write the pruned model for given blocks to skip: a `.gguf` file (tensors copied in their quantisation) or a Hugging Face directory.
+    Apply(apply::Args),
 }
 
 #[derive(Subcommand)]
@@ -92,5 +95,6 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Apply(args) => apply::run(args),
     }
 }

@@ -40,6 +40,10 @@ pub struct Args {
     /// Do not save the pruned model.
     #[arg(long)]
     pub no_save: bool,
+    /// Also write the pruned model as this GGUF file (GGUF models only): the kept blocks' tensors
+    /// copied byte for byte in their quantisation. Written even with --no-save; never overwrites.
+    #[arg(long, value_name = "PATH")]
+    pub gguf: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -51,6 +55,7 @@ pub fn run(args: Args) -> Result<()> {
 pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
     // Settings errors before anything is loaded or written.
     args.exp.search_spec()?;
+    let gguf_source = args.gguf.as_deref().map(|out| crate::apply::check_gguf_output(args.exp.model.model.as_deref(), out, "--gguf")).transpose()?;
     let model_dir = args.out.join("model");
     if !args.no_save && model_dir.exists() && std::fs::read_dir(&model_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} already holds a model; choose another --out, remove it, or pass --no-save", model_dir.display());
@@ -138,6 +143,11 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         let mask = BlockMask::from_removed(l, &runs[0].removed)?;
         evop::model::save_pruned(&setup.model, &mask, &model_dir).with_context(|| format!("saving the pruned model to {}", model_dir.display()))?;
         println!("\npruned model ({}) written to {}", runs[0].method, model_dir.display());
+    }
+    if let (Some(dest), Some(source)) = (&args.gguf, &gguf_source) {
+        let mask = BlockMask::from_removed(l, &runs[0].removed)?;
+        evop::model::io::gguf_write::write_pruned_gguf(source, &mask, dest).with_context(|| format!("writing the pruned GGUF {}", dest.display()))?;
+        println!("pruned GGUF ({}) written to {}", runs[0].method, dest.display());
     }
     // The extra copy last: if it fails, `--out` already holds the complete results.
     if let Some(p) = &args.json {

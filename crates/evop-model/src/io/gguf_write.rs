@@ -257,7 +257,7 @@ impl Plan {
         let header_len = content.tensor_data_offset.min(file_len);
         let mut raw = vec![0u8; header_len as usize];
         f.read_exact(&mut raw).map_err(|e| ModelError::io(source, e))?;
-        let (kvs, tensors) = scan_header(&raw, alignment, content.tensor_data_offset).map_err(|m| err(m))?;
+        let (kvs, tensors) = scan_header(&raw, alignment, content.tensor_data_offset).map_err(&err)?;
 
         // Metadata: block count rewritten, per-block arrays filtered, the rest copied.
         let mut out_kvs: Vec<(Vec<u8>, u32, Vec<u8>)> = Vec::with_capacity(kvs.len() + 3);
