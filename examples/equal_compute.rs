@@ -1,0 +1,407 @@
+//! Quality against wall time: pruning methods compared at equal compute, as users compare them.
+//!
+//! For one model, every n and seed: SLEB (Song et al. ICML 2024) on its own protocol (random
+//! calibration windows, mean NLL) at several token budgets traces the baseline's quality-vs-time
+//! curve; each EvoP configuration (Wu et al. 2025, arXiv 2502.14910) is a point, plus an anytime
+//! curve (the best-so-far mask at each generation's elapsed time, evaluated afterwards). Every
+//! method is timed from its calibration windows to its mask (CCDS sets come from `--calib-cache`,
+//! built beforehand with `--prepare-only`, and their build time is reported separately) and scored
+//! by the same evaluator on the evaluation split (overall and worst topic).
+//!
+//! EvoP configurations (every GA: population 32, up to 30 generations, stop after 8 stalled, no
+//! immigrants; LOSS is `kl` (KL to the dense model's next-token distribution) or `nll`):
+//! - `ga:LOSS:W`: the GA on W CCDS windows; `paper` is `ga:kl:4`, the defaults measured in
+//!   docs/results.md at equal tokens;
+//! - `mf:LOSS:S/W/F` (`mf:S/W/F`: NLL): multi-fidelity EvoP: CCDS W windows; greedy seed and GA
+//!   screening on the first S windows (the greedy answer joins the initial population); the F
+//!   best distinct masks of the final population decided on all W windows.
+//!
+//! ```text
+//! cargo run --release --example equal_compute -- --model smollm2-135m --ns 6,9,12 --seeds 0,1,2 \
+//!     --calib-cache out/calib --prepare-only --evop paper,mf:4/64/8
+//! cargo run --release --features cuda --example equal_compute -- --device cuda --calib-cache out/calib \
+//!     --model smollm2-135m --ns 6,9,12 --seeds 0,1,2 --evop paper,mf:4/64/8 --out docs/results/equal-smollm2
+//! ```
+//!
+//! Rows go to `STEM.rows.jsonl` as they come (one per method, n and seed).
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use evop::baselines::pruner_by_name;
+use evop::data::{read_wikipedia_leads, CalibrationSet, SplitRule};
+use evop::model::{load, BlockLm, BlockMask, EvaluatorOptions, LoadOptions, LoadedModel, LossKind};
+use evop::search::{GenerationReport, Observer, StopReason};
+use evop::{
+    build_calibration, evaluate, CalibrationSpec, EmbedderKind, EvalSet, Objective, Pipeline, SamplerKind, Screening,
+    SearchSpec,
+};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Parser)]
+struct Args {
+    /// Model: a known asset name (smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b), a GGUF
+    /// file or a Hugging Face directory.
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    /// Device: cpu, cuda[:N], metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// dtype: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Blocks to remove.
+    #[arg(long, value_delimiter = ',', default_value = "6,9,12")]
+    ns: Vec<usize>,
+    /// Seeds (calibration draws and searches).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    seeds: Vec<u64>,
+    /// SLEB's calibration budgets in tokens (random windows of --seqlen tokens).
+    #[arg(long, value_delimiter = ',', default_value = "512,2048,8192,32768")]
+    sleb_tokens: Vec<usize>,
+    /// EvoP configurations (see the module docs; empty: none).
+    #[arg(long, value_delimiter = ',', default_value = "paper,mf:4/64/8")]
+    evop: Vec<String>,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 128)]
+    seqlen: usize,
+    /// CCDS candidate windows (MiniLM-embedded).
+    #[arg(long, default_value_t = 512)]
+    pool: usize,
+    /// Evaluation windows (0 = the whole evaluation split).
+    #[arg(long, default_value_t = 32)]
+    eval_windows: usize,
+    #[arg(long, default_value_t = 512)]
+    eval_seqlen: usize,
+    /// Windows per topic for the worst-topic perplexity.
+    #[arg(long, default_value_t = 4)]
+    topic_windows: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Folder of CCDS calibration sets (loaded when present, else built and saved there).
+    #[arg(long)]
+    calib_cache: Option<PathBuf>,
+    /// Only build the CCDS calibration sets, then stop.
+    #[arg(long)]
+    prepare_only: bool,
+    /// Also report the dense perplexity on the whole evaluation split in windows of this many
+    /// tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    dense_full_seqlen: usize,
+    /// Output stem: rows go to STEM.rows.jsonl.
+    #[arg(long, default_value = "equal-compute")]
+    out: PathBuf,
+}
+
+/// An EvoP configuration of this study.
+#[derive(Clone, Debug)]
+enum EvopConfig {
+    /// GA 32 x 30 (stop after 8 stalled) on `windows` CCDS windows under `loss`.
+    Ga { loss: LossKind, windows: usize },
+    /// Multi-fidelity: greedy seed and GA screening on `screen` windows, `finalists` decided on
+    /// all `windows`, under `loss`.
+    MultiFidelity { loss: LossKind, screen: usize, windows: usize, finalists: usize },
+}
+
+fn parse_loss(s: &str) -> Result<LossKind> {
+    match s {
+        "kl" => Ok(LossKind::KlToDense),
+        "nll" => Ok(LossKind::Nll),
+        other => bail!("unknown loss `{other}` (kl, nll)"),
+    }
+}
+
+fn loss_name(loss: LossKind) -> &'static str {
+    match loss {
+        LossKind::KlToDense => "kl",
+        _ => "nll",
+    }
+}
+
+impl EvopConfig {
+    /// `paper` (= `ga:kl:4`), `ga:LOSS:W`, `mf:S/W/F` (NLL) or `mf:LOSS:S/W/F`.
+    fn parse(s: &str) -> Result<Self> {
+        if s == "paper" {
+            return Ok(Self::Ga { loss: LossKind::KlToDense, windows: 4 });
+        }
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || anyhow::anyhow!("--evop {s}: expected paper, ga:LOSS:W, mf:S/W/F or mf:LOSS:S/W/F");
+        match parts[..] {
+            ["ga", loss, w] => Ok(Self::Ga { loss: parse_loss(loss)?, windows: w.parse().map_err(|_| bad())? }),
+            ["mf", rest] => Self::multi_fidelity(LossKind::Nll, rest).ok_or_else(bad),
+            ["mf", loss, rest] => Self::multi_fidelity(parse_loss(loss)?, rest).ok_or_else(bad),
+            _ => Err(bad()),
+        }
+    }
+
+    fn multi_fidelity(loss: LossKind, sizes: &str) -> Option<Self> {
+        let v: Vec<usize> = sizes.split('/').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        match v[..] {
+            [screen, windows, finalists] if screen >= 1 && screen < windows && finalists >= 1 => {
+                Some(Self::MultiFidelity { loss, screen, windows, finalists })
+            }
+            _ => None,
+        }
+    }
+
+    /// CCDS windows this configuration draws.
+    fn windows(&self) -> usize {
+        match self {
+            Self::Ga { windows, .. } | Self::MultiFidelity { windows, .. } => *windows,
+        }
+    }
+
+    /// The method name in the rows.
+    fn name(&self) -> String {
+        match self {
+            Self::Ga { loss: LossKind::KlToDense, windows: 4 } => "evop-paper".into(),
+            Self::Ga { loss, windows } => format!("evop-ga:{}:{windows}", loss_name(*loss)),
+            Self::MultiFidelity { loss: LossKind::Nll, screen, windows, finalists } => format!("evop-mf:{screen}/{windows}/{finalists}"),
+            Self::MultiFidelity { loss, screen, windows, finalists } => {
+                format!("evop-mf:{}:{screen}/{windows}/{finalists}", loss_name(*loss))
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Row {
+    model: String,
+    n: usize,
+    method: String,
+    seed: u64,
+    /// Calibration tokens the method read.
+    tokens: usize,
+    removed: Vec<usize>,
+    eval_ppl: f64,
+    worst_topic_ppl: Option<f64>,
+    /// Search wall time (calibration windows to mask).
+    seconds: f64,
+    /// Time to build the CCDS set (MiniLM embedding and k-means), not included in `seconds`.
+    calibration_seconds: f64,
+    block_forwards: u64,
+    /// EvoP: (elapsed seconds, eval perplexity) of the best-so-far mask at each generation.
+    anytime: Vec<(f64, f64)>,
+    device: String,
+    dtype: String,
+}
+
+/// Records the best-so-far mask of every generation with its elapsed time.
+#[derive(Clone, Default)]
+struct Anytime(Arc<Mutex<Vec<(f64, Vec<usize>)>>>);
+
+impl Observer for Anytime {
+    fn observe(&mut self, report: &GenerationReport) -> std::result::Result<(), evop::search::BoxError> {
+        let removed = report.best_mask.removed().collect();
+        self.0.lock().expect("not poisoned").push((report.elapsed_s, removed));
+        Ok(())
+    }
+    fn finish(&mut self, _: StopReason, _: &GenerationReport) -> std::result::Result<(), evop::search::BoxError> {
+        Ok(())
+    }
+}
+
+fn resolve_model(name: &str) -> Result<PathBuf> {
+    let path = Path::new(name);
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    if evop::assets::is_model_name(name) {
+        return Ok(evop::assets::AssetStore::from_env().model(name)?);
+    }
+    bail!("--model {name}: no such file or directory, and not a known model ({})", evop::assets::MODEL_NAMES.join(", "))
+}
+
+/// The CCDS set of `windows` x `seqlen` tokens for `seed`, from the cache folder when there.
+fn ccds_set(args: &Args, model: &LoadedModel, pool: &evop::data::Corpus, windows: usize, seed: u64) -> Result<(CalibrationSet, f64)> {
+    let spec = CalibrationSpec {
+        windows,
+        seqlen: args.seqlen,
+        sampler: SamplerKind::Ccds { embedder: EmbedderKind::MiniLm, k: None, pool: args.pool.max(windows) },
+    };
+    let stem = Path::new(&args.model).file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    let name = format!("{stem}-ccds-pool{}-{windows}x{}-seed{seed}.json", args.pool.max(windows), args.seqlen);
+    let path = args.calib_cache.as_ref().map(|d| d.join(&name));
+    if let Some(p) = path.as_ref().filter(|p| p.is_file()) {
+        let set = CalibrationSet::load(p)?;
+        let seconds = std::fs::read_to_string(p.with_extension("seconds")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(f64::NAN);
+        return Ok((set, seconds));
+    }
+    let t = Instant::now();
+    let set = build_calibration(model, pool, &spec, seed)?;
+    let seconds = t.elapsed().as_secs_f64();
+    if let Some(p) = path {
+        std::fs::create_dir_all(p.parent().expect("has a folder"))?;
+        set.save(&p)?;
+        std::fs::write(p.with_extension("seconds"), format!("{seconds}"))?;
+    }
+    Ok((set, seconds))
+}
+
+/// SLEB's greedy answer on `windows` and its block forwards.
+fn sleb(lm: &Arc<dyn BlockLm>, windows: &[Vec<u32>], n: usize) -> Result<(Vec<usize>, u64)> {
+    let r = pruner_by_name("sleb")?.prune(lm, windows, n)?;
+    Ok((r.removed(), r.counts.block_forwards))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let configs: Vec<EvopConfig> = args.evop.iter().filter(|s| !s.is_empty()).map(|s| EvopConfig::parse(s)).collect::<Result<_>>()?;
+    let device = evop::model::parse_device(&args.device)?;
+    let dtype = evop::model::parse_dtype(&args.dtype)?;
+    let store = evop::assets::AssetStore::from_env();
+    let path = resolve_model(&args.model)?;
+    let model = load(&path, &LoadOptions { device, dtype }).with_context(|| format!("loading {}", path.display()))?;
+    let lm = model.lm.clone();
+    let l = lm.num_blocks();
+    for &n in &args.ns {
+        if n == 0 || n + 2 > l {
+            bail!("--ns {n}: must be between 1 and {} for a model of {l} blocks", l - 2);
+        }
+    }
+    let corpus = read_wikipedia_leads(&store.wikipedia_leads()?)?;
+    let split = SplitRule::default().split(&corpus)?;
+    if args.prepare_only {
+        for &seed in &args.seeds {
+            for c in &configs {
+                ccds_set(&args, &model, &split.calibration, c.windows(), seed)?;
+            }
+        }
+        return Ok(());
+    }
+    if args.dense_full_seqlen > 0 {
+        let full = EvalSet::from_split(&model, &split, args.dense_full_seqlen, None, Some(0))?;
+        let t = Instant::now();
+        let d = evaluate(lm.as_ref(), &full, &BlockMask::dense(l), args.batch_size)?;
+        println!(
+            "{}: dense perplexity {:.3} on the whole evaluation split ({} tokens in windows of {}; {:.1}s)",
+            args.model, d.overall.perplexity, full.tokens(), args.dense_full_seqlen, t.elapsed().as_secs_f64()
+        );
+    }
+    let max_eval = (args.eval_windows > 0).then_some(args.eval_windows);
+    let eval = EvalSet::from_split(&model, &split, args.eval_seqlen, max_eval, Some(args.topic_windows))?;
+    let t = Instant::now();
+    let dense = evaluate(lm.as_ref(), &eval, &BlockMask::dense(l), args.batch_size)?;
+    eprintln!("{}: {l} blocks, dense ppl {:.3} on {} tokens ({:.1}s)", args.model, dense.overall.perplexity, eval.tokens(), t.elapsed().as_secs_f64());
+    let evopts = EvaluatorOptions { batch_size: args.batch_size, ..Default::default() };
+    let rows_path = args.out.with_extension("rows.jsonl");
+    if let Some(dir) = rows_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let score = |removed: &[usize]| -> Result<(f64, Option<f64>)> {
+        let e = evaluate(lm.as_ref(), &eval, &BlockMask::from_removed(l, removed)?, args.batch_size)?;
+        Ok((e.overall.perplexity, e.worst_topic.map(|w| w.1)))
+    };
+    let emit = |row: Row| -> Result<()> {
+        eprintln!(
+            "seed {} n {} {:<14} {:>6} tok {:>7.1}s ppl {:>8.3} worst {:>8.3} {:?}",
+            row.seed, row.n, row.method, row.tokens, row.seconds, row.eval_ppl, row.worst_topic_ppl.unwrap_or(f64::NAN), row.removed
+        );
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&rows_path)?;
+        writeln!(f, "{}", serde_json::to_string(&row)?)?;
+        Ok(())
+    };
+    let base = |n: usize, seed: u64, method: String, tokens: usize| Row {
+        model: args.model.clone(),
+        n,
+        method,
+        seed,
+        tokens,
+        removed: Vec::new(),
+        eval_ppl: f64::NAN,
+        worst_topic_ppl: None,
+        seconds: 0.0,
+        calibration_seconds: 0.0,
+        block_forwards: 0,
+        anytime: Vec::new(),
+        device: args.device.clone(),
+        dtype: args.dtype.clone(),
+    };
+    for &seed in &args.seeds {
+        // SLEB's random windows: one draw of the largest budget; smaller budgets take its first windows.
+        let max_windows = args.sleb_tokens.iter().map(|t| t.div_ceil(args.seqlen)).max().unwrap_or(0);
+        let random = if max_windows > 0 {
+            let spec = CalibrationSpec { windows: max_windows, seqlen: args.seqlen, sampler: SamplerKind::Random };
+            build_calibration(&model, &split.calibration, &spec, seed)?.token_windows()
+        } else {
+            Vec::new()
+        };
+        let ccds: Vec<(CalibrationSet, f64)> =
+            configs.iter().map(|c| ccds_set(&args, &model, &split.calibration, c.windows(), seed)).collect::<Result<_>>()?;
+        for &n in &args.ns {
+            for &tokens in &args.sleb_tokens {
+                let w = &random[..tokens.div_ceil(args.seqlen)];
+                let t = Instant::now();
+                let (removed, block_forwards) = sleb(&lm, w, n)?;
+                let seconds = t.elapsed().as_secs_f64();
+                let (eval_ppl, worst) = score(&removed)?;
+                emit(Row { removed, eval_ppl, worst_topic_ppl: worst, seconds, block_forwards, ..base(n, seed, "sleb".into(), w.len() * args.seqlen) })?;
+            }
+            for (config, (calib, calib_seconds)) in configs.iter().zip(&ccds) {
+                let anytime = Anytime::default();
+                let windows = calib.token_windows();
+                let t = Instant::now();
+                let (report, extra_forwards) = match config {
+                    EvopConfig::Ga { loss, .. } => {
+                        let spec = SearchSpec { population: 32, generations: 30, stalled: Some(8), ..SearchSpec::default() };
+                        let r = Pipeline::new(&model, split.calibration.clone())
+                            .remove(n)
+                            .objective(Objective::MeanNll)
+                            .search(spec)
+                            .seed(seed)
+                            .evaluator(EvaluatorOptions { loss: *loss, ..evopts.clone() })
+                            .observer(anytime.clone())
+                            .run_on(calib)?;
+                        (r, 0)
+                    }
+                    EvopConfig::MultiFidelity { loss, screen, finalists, .. } => {
+                        let (seed_mask, seed_forwards) = sleb(&lm, &windows[..*screen], n)?;
+                        let spec = SearchSpec {
+                            population: 32,
+                            generations: 30,
+                            stalled: Some(8),
+                            seed_masks: vec![seed_mask],
+                            screening: Some(Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists }),
+                            ..SearchSpec::default()
+                        };
+                        let r = Pipeline::new(&model, split.calibration.clone())
+                            .remove(n)
+                            .objective(Objective::MeanNll)
+                            .search(spec)
+                            .seed(seed)
+                            .evaluator(EvaluatorOptions { loss: *loss, ..evopts.clone() })
+                            .observer(anytime.clone())
+                            .run_on(calib)?;
+                        (r, seed_forwards)
+                    }
+                };
+                let name = config.name();
+                let seconds = t.elapsed().as_secs_f64();
+                let (eval_ppl, worst) = score(&report.removed)?;
+                let mut curve = Vec::new();
+                let mut last: Option<Vec<usize>> = None;
+                let mut last_ppl = f64::NAN;
+                for (s, removed) in anytime.0.lock().expect("not poisoned").iter() {
+                    if last.as_ref() != Some(removed) {
+                        last_ppl = score(removed)?.0;
+                        last = Some(removed.clone());
+                    }
+                    curve.push((*s, last_ppl));
+                }
+                emit(Row {
+                    removed: report.removed.clone(),
+                    eval_ppl,
+                    worst_topic_ppl: worst,
+                    seconds,
+                    calibration_seconds: *calib_seconds,
+                    block_forwards: report.counts.block_forwards + extra_forwards,
+                    anytime: curve,
+                    ..base(n, seed, name, calib.len() * args.seqlen)
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
