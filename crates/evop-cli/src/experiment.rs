@@ -33,9 +33,10 @@ pub struct ExperimentArgs {
     /// CCDS candidate windows embedded and clustered.
     #[arg(long, default_value_t = 512)]
     pub pool: usize,
-    /// Calibration windows (default 4 x 128 tokens: the budget at which EvoP's defaults were
-    /// measured to beat SLEB, docs/results.md).
-    #[arg(long, default_value_t = 4)]
+    /// Calibration windows (default 16 x 128 tokens; with the default screening, EvoP's candidates
+    /// are ranked on the first 4 and its finalists decided on all 16: the configuration that beat
+    /// or tied SLEB at equal wall time in docs/results.md, "EvoP at equal compute").
+    #[arg(long, default_value_t = 16)]
     pub calib_windows: usize,
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 128)]
@@ -67,11 +68,22 @@ pub struct ExperimentArgs {
     /// compared on the whole windows). Off by default; see docs/performance.md, "Screening".
     #[arg(long, value_name = "N")]
     pub screen_tokens: Option<usize>,
+    /// Multi-fidelity EvoP: rank the GA's candidates on the first S calibration windows and decide
+    /// among the --finalists best on all of them; the greedy seed (--seed-with) is computed on
+    /// those S windows too. 0, or S at least --calib-windows, evaluates every candidate on every
+    /// window.
+    #[arg(long, value_name = "S", default_value_t = 4)]
+    pub screen_windows: usize,
+    /// Distinct masks of the GA's final population re-evaluated on every calibration window when
+    /// screening.
+    #[arg(long, default_value_t = 8)]
+    pub finalists: usize,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Cheap baselines whose answers join EvoP's initial population (comma-separated; `none`).
-    #[arg(long, value_delimiter = ',', default_value = "none")]
+    /// Cheap baselines whose answers join EvoP's initial population (comma-separated; `none`),
+    /// computed on the screening windows when screening.
+    #[arg(long, value_delimiter = ',', default_value = "sleb")]
     pub seed_with: Vec<String>,
     /// Evaluation windows of the evaluation split (the first ones; 0 = all).
     #[arg(long, default_value_t = 24)]
@@ -160,6 +172,30 @@ impl ExperimentArgs {
         }
     }
 
+    /// The screening of `--screen-windows`, `--screen-tokens` and `--finalists`, if any.
+    pub fn screening(&self) -> Result<Option<evop::Screening>> {
+        let windows = if self.screen_windows == 0 || self.screen_windows >= self.calib_windows {
+            self.calib_windows
+        } else {
+            self.screen_windows
+        };
+        if let Some(t) = self.screen_tokens {
+            if t == 0 {
+                bail!("--screen-tokens must be at least 1");
+            }
+            if t >= self.seqlen {
+                bail!("--screen-tokens {t} must be below --seqlen {}", self.seqlen);
+            }
+        }
+        if windows == self.calib_windows && self.screen_tokens.is_none() {
+            return Ok(None);
+        }
+        if self.finalists == 0 {
+            bail!("--finalists must be at least 1");
+        }
+        Ok(Some(evop::Screening { windows, tokens: self.screen_tokens, position_stride: 1, finalists: self.finalists }))
+    }
+
     pub fn search_spec(&self) -> Result<SearchSpec> {
         let strategy = match self.strategy.as_str() {
             "ga" => StrategyKind::Ga,
@@ -172,12 +208,7 @@ impl ExperimentArgs {
             generations: self.generations,
             stalled: (self.stalled > 0).then_some(self.stalled),
             budget: self.budget,
-            screening: match self.screen_tokens {
-                Some(0) => bail!("--screen-tokens must be at least 1"),
-                Some(t) if t >= self.seqlen => bail!("--screen-tokens {t} must be below --seqlen {}", self.seqlen),
-                Some(t) => Some(evop::Screening { windows: self.calib_windows, tokens: Some(t), position_stride: 1, finalists: 4 }),
-                None => None,
-            },
+            screening: self.screening()?,
             ..SearchSpec::default()
         })
     }
@@ -196,6 +227,12 @@ pub struct MethodRun {
     pub eval: Option<EvalReport>,
     /// Full report (EvoP) or trace (baselines).
     pub detail: serde_json::Value,
+    /// EvoP: seconds of the greedy seed (`--seed-with`) on the screening windows, and its mask
+    /// (SLEB's answer on those windows); 0 and empty otherwise.
+    pub seed_seconds: f64,
+    pub seed_removed: Vec<usize>,
+    /// EvoP: the windows its seed was computed on.
+    pub seed_windows: usize,
 }
 
 /// How a command runs one method: [`run_method`] in one process, or `mpi::run_method` across ranks.
@@ -225,9 +262,14 @@ pub fn run_method(
     let lm = setup.model.lm.clone();
     let windows = calib.token_windows();
     let start = Instant::now();
+    let (mut seed_seconds, mut seed_removed, mut seed_windows) = (0.0, Vec::new(), 0);
     let (removed, counts, detail) = if method == "evop" {
         let mut spec = args.search_spec()?;
-        spec.seed_with_baselines(&lm, &windows, n, &args.seed_with)?;
+        let seeded = spec.screening.as_ref().map_or(windows.len(), |sc| sc.windows.min(windows.len()));
+        let t = Instant::now();
+        spec.seed_with_baselines(&lm, &windows[..seeded], n, &args.seed_with)?;
+        (seed_seconds, seed_windows) = (t.elapsed().as_secs_f64(), seeded);
+        seed_removed = spec.seed_masks.first().cloned().unwrap_or_default();
         let mut p = Pipeline::new(&setup.model, setup.split.calibration.clone())
             .remove(n)
             .objective(args.objective)
@@ -256,7 +298,19 @@ pub fn run_method(
     let search_seconds = start.elapsed().as_secs_f64();
     let mask = BlockMask::from_removed(lm.num_blocks(), &removed)?;
     let calibration_nll = evop::model::perplexity::perplexity(lm.as_ref(), &windows, &mask, args.batch_size)?.mean_nll;
-    Ok(MethodRun { method: method.to_string(), n, removed, search_seconds, counts, calibration_nll, eval: None, detail })
+    Ok(MethodRun {
+        method: method.to_string(),
+        n,
+        removed,
+        search_seconds,
+        counts,
+        calibration_nll,
+        eval: None,
+        detail,
+        seed_seconds,
+        seed_removed,
+        seed_windows,
+    })
 }
 
 /// Evaluates a mask on the evaluation windows (with a spinner).

@@ -226,7 +226,7 @@ fn distributed_evop(
     let mut spec = args.search_spec()?;
     if spec.screening.is_some() {
         // `SearchJob::run`'s screened search (a second, shorter fitness) is not mirrored here yet.
-        bail!("screening is not supported by the distributed search; run it without mpirun");
+        bail!("screening is not supported by the distributed search: pass --screen-windows 0 (and no --screen-tokens) under mpirun");
     }
     spec.seed_with_baselines(&lm, &windows, n, &args.seed_with)?;
     let loss = args.loss_kind()?;
@@ -307,7 +307,19 @@ fn distributed_evop(
     let search_seconds = start.elapsed().as_secs_f64();
     let calibration_nll = evop::model::perplexity::perplexity(lm.as_ref(), &windows, &mask, args.batch_size)?.mean_nll;
     let removed = report.removed.clone();
-    Ok(MethodRun { method: "evop".into(), n, removed, search_seconds, counts, calibration_nll, eval: None, detail })
+    Ok(MethodRun {
+        method: "evop".into(),
+        n,
+        removed,
+        search_seconds,
+        counts,
+        calibration_nll,
+        eval: None,
+        detail,
+        seed_seconds: 0.0,
+        seed_removed: Vec::new(),
+        seed_windows: 0,
+    })
 }
 
 /// Any other command under a launcher with more than one rank is refused (it would run N times).

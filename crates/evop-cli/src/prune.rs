@@ -2,9 +2,11 @@
 //! the same calibration set, evaluate on the evaluation split, save the pruned model, report and
 //! plots.
 //!
-//! With no arguments: SmolLM2-135M (fetched if missing), 6 of 30 blocks, CCDS calibration of 8
-//! windows x 128 tokens from the Wikipedia leads' calibration split, EvoP's GA, then SLEB on the
-//! same calibration set, perplexity on 24 windows x 256 tokens of the evaluation split.
+//! With no arguments: SmolLM2-135M (fetched if missing), 6 of 30 blocks, CCDS calibration of 16
+//! windows x 128 tokens from the Wikipedia leads' calibration split, EvoP multi-fidelity (greedy
+//! seed and GA screening on the first 4 windows, KL-to-dense loss, the 8 best distinct masks
+//! decided on all 16), then SLEB given EvoP's wall time on its own protocol, perplexity on 24
+//! windows x 256 tokens of the evaluation split.
 use crate::experiment::{evaluate, ExperimentArgs, MethodRun, MethodRunner};
 use anyhow::{bail, Context, Result};
 use evop::model::BlockMask;
@@ -25,8 +27,11 @@ pub struct Args {
     /// Fraction of blocks to remove (ceil(sparsity * L)); default 0.2.
     #[arg(long)]
     pub sparsity: Option<f64>,
-    /// Baselines to run on the same calibration set for comparison (comma-separated; `none` for none).
-    #[arg(long, default_value = "sleb", value_delimiter = ',')]
+    /// Baselines to compare with (comma-separated; `none` for none): a baseline name runs on the
+    /// same calibration set; `sleb@time` is SLEB given EvoP's wall time (on its own protocol:
+    /// random windows, as many as it reads in EvoP's seconds, sized from the time of EvoP's greedy
+    /// seed) and also shows SLEB's answer on EvoP's screening windows (EvoP's seed).
+    #[arg(long, default_value = "sleb@time", value_delimiter = ',')]
     pub compare: Vec<String>,
     /// Output directory: pruned model (`model/`), calibration set, report.json, plots, checkpoint.
     #[arg(long, default_value = "evop-out")]
@@ -44,6 +49,43 @@ pub struct Args {
     /// copied byte for byte in their quantisation. Written even with --no-save; never overwrites.
     #[arg(long, value_name = "PATH")]
     pub gguf: Option<PathBuf>,
+}
+
+/// SLEB given the wall time of EvoP's run `evop` (on SLEB's protocol: random windows of the
+/// same length), with the number of windows sized from the seconds EvoP's greedy seed (SLEB on
+/// `evop.seed_windows` windows) took; and, for free, that seed itself (SLEB's answer on EvoP's
+/// screening windows). Nothing when EvoP ran without a seed.
+fn sleb_at_equal_time(
+    args: &Args,
+    setup: &crate::experiment::Setup,
+    calib: &evop::data::CalibrationSet,
+    evop: &MethodRun,
+    n: usize,
+    run_method: MethodRunner,
+) -> Result<Vec<MethodRun>> {
+    if args.method != "evop" || evop.seed_seconds <= 0.0 || evop.seed_windows == 0 || evop.seed_removed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lm = &setup.model.lm;
+    let mut seed = evop.clone();
+    seed.method = format!("sleb on EvoP's {} screening tokens (EvoP's seed)", evop.seed_windows * args.exp.seqlen);
+    seed.removed = evop.seed_removed.clone();
+    seed.search_seconds = evop.seed_seconds;
+    seed.detail = serde_json::Value::Null;
+    let per_window = evop.seed_seconds / evop.seed_windows as f64;
+    let windows = ((evop.search_seconds / per_window).round() as usize).clamp(evop.seed_windows, 4096);
+    let spec = evop::CalibrationSpec { windows, seqlen: args.exp.seqlen, sampler: evop::SamplerKind::Random };
+    let random = evop::build_calibration(&setup.model, &setup.split.calibration, &spec, args.exp.seed)
+        .with_context(|| format!("drawing {windows} random windows for SLEB at EvoP's time"))?;
+    let mut equal = run_method(&args.exp, setup, &random, "sleb", n, None, None, None)?;
+    equal.method = format!("sleb at EvoP's time ({} random tokens)", random.len() * args.exp.seqlen);
+    // The table's calibration NLL is on EvoP's calibration set for every row.
+    let windows = calib.token_windows();
+    for r in [&mut seed, &mut equal] {
+        let mask = BlockMask::from_removed(lm.num_blocks(), &r.removed)?;
+        r.calibration_nll = evop::model::perplexity::perplexity(lm.as_ref(), &windows, &mask, args.exp.batch_size)?.mean_nll;
+    }
+    Ok(vec![seed, equal])
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -105,7 +147,11 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
     }
     runs.push(main);
     for other in args.compare.iter().filter(|m| m.as_str() != "none" && **m != args.method) {
-        runs.push(run_method(&args.exp, &setup, &calib, other, n, None, None, None)?);
+        if other == "sleb@time" {
+            runs.extend(sleb_at_equal_time(&args, &setup, &calib, &runs[0], n, run_method)?);
+        } else {
+            runs.push(run_method(&args.exp, &setup, &calib, other, n, None, None, None)?);
+        }
     }
 
     let dense = evaluate(&args.exp, &setup, &BlockMask::dense(l), "dense")?;

@@ -92,6 +92,7 @@ fn prune_args(fx: &Fixture, out: &Path, generations: u64) -> Vec<String> {
         ("--seed", "5"),
         ("--seed-with", "none"),
         ("--compare", "none"),
+        ("--screen-windows", "0"),
     ] {
         a.extend([s(k), s(v)]);
     }
