@@ -343,40 +343,23 @@ fn main() -> Result<()> {
                 let anytime = Anytime::default();
                 let windows = calib.token_windows();
                 let t = Instant::now();
-                let (report, extra_forwards) = match config {
-                    EvopConfig::Ga { loss, .. } => {
-                        let spec = SearchSpec { population: 32, generations: 30, stalled: Some(8), ..SearchSpec::default() };
-                        let r = Pipeline::new(&model, split.calibration.clone())
-                            .remove(n)
-                            .objective(Objective::MeanNll)
-                            .search(spec)
-                            .seed(seed)
-                            .evaluator(EvaluatorOptions { loss: *loss, ..evopts.clone() })
-                            .observer(anytime.clone())
-                            .run_on(calib)?;
-                        (r, 0)
-                    }
+                let ga = SearchSpec { population: 32, generations: 30, stalled: Some(8), ..SearchSpec::default() };
+                let (spec, loss, extra_forwards) = match config {
+                    EvopConfig::Ga { loss, .. } => (ga, *loss, 0),
                     EvopConfig::MultiFidelity { loss, screen, finalists, .. } => {
                         let (seed_mask, seed_forwards) = sleb(&lm, &windows[..*screen], n)?;
-                        let spec = SearchSpec {
-                            population: 32,
-                            generations: 30,
-                            stalled: Some(8),
-                            seed_masks: vec![seed_mask],
-                            screening: Some(Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists }),
-                            ..SearchSpec::default()
-                        };
-                        let r = Pipeline::new(&model, split.calibration.clone())
-                            .remove(n)
-                            .objective(Objective::MeanNll)
-                            .search(spec)
-                            .seed(seed)
-                            .evaluator(EvaluatorOptions { loss: *loss, ..evopts.clone() })
-                            .observer(anytime.clone())
-                            .run_on(calib)?;
-                        (r, seed_forwards)
+                        let screening = Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists };
+                        (SearchSpec { seed_masks: vec![seed_mask], screening: Some(screening), ..ga }, *loss, seed_forwards)
                     }
                 };
+                let report = Pipeline::new(&model, split.calibration.clone())
+                    .remove(n)
+                    .objective(Objective::MeanNll)
+                    .search(spec)
+                    .seed(seed)
+                    .evaluator(EvaluatorOptions { loss, ..evopts.clone() })
+                    .observer(anytime.clone())
+                    .run_on(calib)?;
                 let name = config.name();
                 let seconds = t.elapsed().as_secs_f64();
                 let (eval_ppl, worst) = score(&report.removed)?;
