@@ -2,7 +2,8 @@
 //! `config.json` with `num_hidden_layers` updated, `tokenizer.json`, and `model.safetensors`.
 //! Everything is written into a temporary sibling directory that is renamed into place at the
 //! end, so an interrupted save never leaves a partial model where a complete one was expected,
-//! and an existing non-empty directory is never overwritten.
+//! and an existing non-empty directory is never overwritten. Every file gets the mode the umask
+//! gives new files (0644 under the usual 022).
 use crate::error::{ModelError, Result};
 use crate::io::load::LoadedModel;
 use crate::mask::BlockMask;
@@ -82,6 +83,17 @@ pub fn save_pruned(model: &LoadedModel, mask: &BlockMask, dir: &Path) -> Result<
     std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))
 }
 
+/// Gives `path` the permissions a file newly created in `dir` gets (mode 0666 under the umask on
+/// Unix: 0644 under the usual 022): the safetensors writer goes through a temporary file of mode
+/// 0600, which would leave the model readable by its owner only.
+fn give_new_file_mode(path: &Path, dir: &Path) -> Result<()> {
+    let probe = dir.join(".mode-probe");
+    let created = std::fs::OpenOptions::new().write(true).create_new(true).open(&probe).and_then(|f| f.metadata());
+    let _ = std::fs::remove_file(&probe);
+    let perms = created.map_err(|e| ModelError::io(&probe, e))?.permissions();
+    std::fs::set_permissions(path, perms).map_err(|e| ModelError::io(path, e))
+}
+
 fn write_into(model: &LoadedModel, mask: &BlockMask, dir: &Path) -> Result<()> {
     let weights = pruned_weights(model, mask)?;
     let st = dir.join("model.safetensors");
@@ -89,6 +101,7 @@ fn write_into(model: &LoadedModel, mask: &BlockMask, dir: &Path) -> Result<()> {
         name: st.display().to_string(),
         message: e.to_string(),
     })?;
+    give_new_file_mode(&st, dir)?;
     let mut cfg = model.hf_config.clone();
     let obj = cfg.as_object_mut().ok_or_else(|| ModelError::Config {
         path: model.source.clone(),
