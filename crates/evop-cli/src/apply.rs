@@ -26,9 +26,18 @@ pub fn is_gguf_out(out: &Path) -> bool {
     out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-/// Checks that a GGUF output can be written for `--model`: the model is a GGUF file and `out` does
-/// not exist. Returns the model's path.
+/// Refuses an output file that exists (before anything is downloaded or loaded).
+pub fn check_new_file(option: &str, out: &Path) -> Result<()> {
+    if out.symlink_metadata().is_ok() {
+        bail!("{option} {}: the file exists; refusing to overwrite it (choose another path or remove it)", out.display());
+    }
+    Ok(())
+}
+
+/// Checks that a GGUF output can be written for `--model`: `out` does not exist (checked first,
+/// before the model is fetched) and the model is a GGUF file. Returns the model's path.
 pub fn check_gguf_output(model: Option<&Path>, out: &Path, option: &str) -> Result<PathBuf> {
+    check_new_file(option, out)?;
     let path = resolve_model_path(model)?;
     if !is_gguf(&path) {
         bail!(
@@ -37,9 +46,7 @@ pub fn check_gguf_output(model: Option<&Path>, out: &Path, option: &str) -> Resu
             path.display()
         );
     }
-    if out.symlink_metadata().is_ok() {
-        bail!("{option} {}: the file exists; refusing to overwrite it (choose another path or remove it)", out.display());
-    }
+    check_new_file(option, out)?;
     Ok(path)
 }
 
@@ -51,7 +58,11 @@ pub fn run(args: Args) -> Result<()> {
         write_pruned_gguf(&path, &mask, &args.out).with_context(|| format!("writing the pruned GGUF {}", args.out.display()))?;
         println!("pruned GGUF ({mask}) written to {}", args.out.display());
     } else {
-        let model = args.model.load()?;
+        // An output folder that holds anything is refused before the model is fetched or loaded.
+        if args.out.is_file() || std::fs::read_dir(&args.out).is_ok_and(|mut d| d.next().is_some()) {
+            bail!("--out {}: exists and is not an empty directory; refusing to overwrite it (choose another path or remove it)", args.out.display());
+        }
+        let model = args.model.load_checked(|shape| mask_from_list(shape.blocks, &args.skip).map(drop))?;
         let mask = mask_from_list(model.lm.num_blocks(), &args.skip)?;
         evop::model::save_pruned(&model, &mask, &args.out).with_context(|| format!("saving the pruned model to {}", args.out.display()))?;
         println!("pruned model ({mask}) written to {}", args.out.display());

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
     /// A Hugging Face model directory, a GGUF file, a model name fetched into the asset cache if missing
-    /// (smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b; an existing path of that name wins), or
-    /// synthetic:NAME; default: SmolLM2-135M-Instruct (fetched if missing).
+    /// (smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b), a Hugging Face hub id ORG/NAME[@REVISION]
+    /// (safetensors; ORG/NAME[@REVISION]:FILE.gguf for one GGUF file) fetched into the hub cache
+    /// (HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE), or synthetic:NAME; an existing path always
+    /// wins; default: SmolLM2-135M-Instruct (fetched if missing).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Device: cpu, cuda[:N], metal[:N].
@@ -25,7 +27,24 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
+        self.load_path(&resolve_model_path(self.model.as_deref())?)
+    }
+
+    /// [`ModelArgs::load`] with `check` run on the model's shape as soon as its configuration is
+    /// read (before the weights are loaded), and again on the loaded model.
+    pub fn load_checked(&self, check: impl Fn(&crate::checks::Shape) -> Result<()>) -> Result<LoadedModel> {
         let path = resolve_model_path(self.model.as_deref())?;
+        if let Some(shape) = crate::checks::peek_shape(&path) {
+            check(&shape)?;
+        }
+        let model = self.load_path(&path)?;
+        check(&crate::checks::loaded_shape(&model))?;
+        Ok(model)
+    }
+
+    /// Loads the model at the resolved `path`.
+    fn load_path(&self, path: &Path) -> Result<LoadedModel> {
+        let path = path.to_path_buf();
         let opts = LoadOptions { dtype: evop::model::parse_dtype(&self.dtype)?, device: evop::model::parse_device(&self.device)? };
         let mut model = load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
         if let Some(window) = self.as_mistral {
@@ -39,7 +58,8 @@ impl ModelArgs {
 }
 
 /// Resolves `--model`: an existing path is used as it is; else a known asset name
-/// ([`evop::assets::MODEL_NAMES`]) is fetched into (or found in) the asset cache; `synthetic:NAME` and
+/// ([`evop::assets::MODEL_NAMES`]) is fetched into (or found in) the asset cache, and a hub id
+/// `ORG/NAME[@REVISION][:FILE]` into the Hugging Face cache ([`crate::hub`]); `synthetic:NAME` and
 /// anything else are passed on unchanged (the loader builds the synthetic model or reports the path as not
 /// found). No `--model`: SmolLM2-135M-Instruct from the asset cache.
 pub fn resolve_model_path(model: Option<&Path>) -> Result<PathBuf> {
@@ -52,7 +72,12 @@ pub fn resolve_model_path(model: Option<&Path>) -> Result<PathBuf> {
     }
     match path.to_str() {
         Some(name) if evop::assets::is_model_name(name) => store().model(name).with_context(|| format!("fetching the model {name}")),
-        _ => Ok(path.to_path_buf()),
+        Some(name) => match crate::hub::parse(name) {
+            Some(id) => crate::hub::resolve(&id)
+                .with_context(|| format!("`{name}` is not a local file or directory; fetching it from the Hugging Face hub")),
+            None => Ok(path.to_path_buf()),
+        },
+        None => Ok(path.to_path_buf()),
     }
 }
 

@@ -21,10 +21,28 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    // Settings errors before anything is loaded or written.
-    args.exp.search_spec()?;
+    // Settings errors before anything is downloaded, loaded or written.
+    crate::checks::experiment(&args.exp)?;
+    for m in &args.methods {
+        crate::checks::method("--methods", m, &[])?;
+    }
+    if args.methods.is_empty() || args.remove.is_empty() {
+        anyhow::bail!("--methods and --remove need at least one value each");
+    }
+    if args.remove.contains(&0) {
+        anyhow::bail!("--remove 0: must be at least 1");
+    }
+    // Settings against the model's shape, from its configuration alone (no weights loaded yet).
+    let model_path = crate::common::resolve_model_path(args.exp.model.model.as_deref())?;
+    if let Some(shape) = crate::checks::peek_shape(&model_path) {
+        crate::checks::experiment_shape(&args.exp, &shape)?;
+        crate::checks::removals(&shape, "--remove", &args.remove)?;
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let setup = args.exp.setup()?;
+    let shape = crate::checks::loaded_shape(&setup.model);
+    crate::checks::experiment_shape(&args.exp, &shape)?;
+    crate::checks::removals(&shape, "--remove", &args.remove)?;
     let l = setup.model.lm.num_blocks();
     let s = crate::progress::spinner("building the calibration set");
     let calib = evop::build_calibration(&setup.model, &setup.split.calibration, &args.exp.calibration_spec()?, args.exp.seed)?;

@@ -3,7 +3,7 @@
 use crate::common::{mask_from_list, ModelArgs};
 use anyhow::{Context, Result};
 use evop::data::{read_wikipedia_leads, Corpus, SplitRule};
-use evop::eval::{evaluate_task_cached, load_bigbench, resolve_task, BigBenchFormat, EvalOptions, TokenCache};
+use evop::eval::{evaluate_task_cached, load_bigbench, BigBenchFormat, EvalOptions, TokenCache};
 use evop::EvalSet;
 use std::path::PathBuf;
 
@@ -26,7 +26,8 @@ pub struct Args {
     /// Also report per-topic perplexity with this many windows per topic (Wikipedia only; 0 = off).
     #[arg(long, default_value_t = 0)]
     pub topic_windows: usize,
-    /// Zero-shot tasks, comma-separated: science, winogrande, step_inference, or BIG-bench task paths.
+    /// Zero-shot tasks, comma-separated: science, winogrande, step_inference, winowhy, strategyqa,
+    /// social_iqa, or BIG-bench task paths TASK/SUBTASK.
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
     /// Items per task (seeded subset; 0 = all).
@@ -47,7 +48,29 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = args.model.load()?;
+    // Settings errors before anything is downloaded, loaded or written.
+    for name in &args.tasks {
+        evop::eval::task_path(name)?;
+    }
+    if !args.no_ppl {
+        crate::checks::seqlen("--seqlen", args.seqlen)?;
+    }
+    if args.no_ppl && args.tasks.is_empty() {
+        anyhow::bail!("--no-ppl and no --tasks: nothing to evaluate");
+    }
+    if let Some(p) = &args.text {
+        crate::checks::input_path("--text", p)?;
+    }
+    if let Some(p) = &args.json {
+        crate::checks::output_file("--json", p)?;
+    }
+    let model = args.model.load_checked(|shape| {
+        mask_from_list(shape.blocks, &args.skip)?;
+        if !args.no_ppl {
+            crate::checks::positions(shape, &[("--seqlen", args.seqlen)])?;
+        }
+        Ok(())
+    })?;
     let lm = model.lm.as_ref();
     let mask = mask_from_list(lm.num_blocks(), &args.skip)?;
     let mut out = serde_json::json!({ "model": model.source.display().to_string(), "removed": args.skip });
@@ -82,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("| task | n | acc [95% CI] | acc_norm | chance |");
         println!("|---|---:|---|---:|---:|");
         for name in &args.tasks {
-            let full = resolve_task(name);
+            let full = evop::eval::task_path(name)?;
             let file = store.bigbench_task(full).with_context(|| format!("fetching task {full}"))?;
             let task = load_bigbench(&file, full, BigBenchFormat::Auto)?;
             let s = crate::progress::spinner(&format!("scoring {name}"));

@@ -32,13 +32,31 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = args.model.load()?;
+    // Settings errors before anything is downloaded or loaded.
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        anyhow::bail!("--temperature {}: must be 0 (greedy) or positive", args.temperature);
+    }
+    if let Some(p) = args.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        anyhow::bail!("--top-p {p}: must be in (0, 1]");
+    }
+    if args.prompt.is_empty() {
+        anyhow::bail!("the prompt is empty");
+    }
+    let model = args.model.load_checked(|shape| mask_from_list(shape.blocks, &args.skip).map(drop))?;
     let lm = model.lm.as_ref();
     let tok = model.tokenizer()?;
     let mask = mask_from_list(lm.num_blocks(), &args.skip)?;
     let prompt = encode(tok, &args.prompt)?;
     if prompt.is_empty() {
         anyhow::bail!("the prompt is empty");
+    }
+    let max = lm.info().max_positions;
+    if prompt.len() + args.max_new_tokens > max {
+        anyhow::bail!(
+            "--max-new-tokens {}: with the prompt's {} tokens that exceeds the model's {max} positions",
+            args.max_new_tokens,
+            prompt.len()
+        );
     }
     let temperature = (args.temperature > 0.0).then_some(args.temperature);
     let mut sampler = LogitsProcessor::new(args.seed, temperature, args.top_p);

@@ -1,11 +1,13 @@
 //! The `evop` command line: prune a model with EvoP or a baseline, evaluate, compare methods,
 //! generate text, and fetch the default assets.
 mod apply;
+mod checks;
 mod common;
 mod compare;
 mod eval;
 mod experiment;
 mod generate;
+mod hub;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod plots;

@@ -120,7 +120,8 @@ pub fn prune(args: crate::prune::Args) -> Result<()> {
 fn root(mut args: crate::prune::Args, world: SimpleCommunicator) -> Result<Result<()>> {
     let local_rank = node_local_rank(&world)?;
     let device = rank_device(&args.exp.model, local_rank);
-    let path = crate::common::resolve_model_path(args.exp.model.model.as_deref());
+    // Settings errors before the model is fetched.
+    let path = crate::prune::check_settings(&args).and_then(|()| crate::common::resolve_model_path(args.exp.model.model.as_deref()));
     let (path, device) = match (path, device) {
         (Ok(p), Ok(d)) => (p, d),
         (Err(e), _) | (_, Err(e)) => {

@@ -94,16 +94,47 @@ pub fn run(args: Args) -> Result<()> {
 
 /// [`run`] with the methods run by `run_method` (under mpirun/srun, `mpi::run_method` spreads the
 /// EvoP search over the ranks).
+/// The settings checked before anything is downloaded, loaded or written.
+pub fn check_settings(args: &Args) -> Result<()> {
+    crate::checks::experiment(&args.exp)?;
+    crate::checks::method("--method", &args.method, &[])?;
+    for m in args.compare.iter().filter(|m| !matches!(m.as_str(), "none" | "sleb@time")) {
+        crate::checks::method("--compare", m, &["sleb@time", "none"])?;
+    }
+    if args.remove == Some(0) {
+        bail!("--remove 0: must be at least 1");
+    }
+    if let Some(s) = args.sparsity.filter(|s| !(*s > 0.0 && *s < 1.0)) {
+        bail!("--sparsity {s}: must be between 0 and 1 (exclusive)");
+    }
+    if let Some(p) = &args.json {
+        crate::checks::output_file("--json", p)?;
+    }
+    if let Some(p) = &args.gguf {
+        crate::apply::check_new_file("--gguf", p)?;
+    }
+    Ok(())
+}
+
 pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
-    // Settings errors before anything is loaded or written.
-    args.exp.search_spec()?;
+    // Settings errors before anything is downloaded, loaded or written.
+    check_settings(&args)?;
     let gguf_source = args.gguf.as_deref().map(|out| crate::apply::check_gguf_output(args.exp.model.model.as_deref(), out, "--gguf")).transpose()?;
     let model_dir = args.out.join("model");
     if !args.no_save && model_dir.exists() && std::fs::read_dir(&model_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} already holds a model; choose another --out, remove it, or pass --no-save", model_dir.display());
     }
+    // Settings against the model's shape, from its configuration alone (no weights loaded yet).
+    let model_path = crate::common::resolve_model_path(args.exp.model.model.as_deref())?;
+    if let Some(shape) = crate::checks::peek_shape(&model_path) {
+        crate::checks::experiment_shape(&args.exp, &shape)?;
+        if let Some(n) = args.remove {
+            crate::checks::removals(&shape, "--remove", &[n])?;
+        }
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let setup = args.exp.setup()?;
+    crate::checks::experiment_shape(&args.exp, &crate::checks::loaded_shape(&setup.model))?;
     let l = setup.model.lm.num_blocks();
     let n = match (args.remove, args.sparsity) {
         (Some(n), _) => n,

@@ -39,6 +39,31 @@ pub fn resolve_task(name: &str) -> &str {
     DEV_TASKS.iter().find(|(alias, _)| *alias == name).map_or(name, |(_, path)| path)
 }
 
+/// Other BIG-bench 1.0.0 multiple-choice tasks known by their name (measured with SmolLM2, see
+/// the asset notes).
+pub const OTHER_TASKS: [&str; 3] = ["winowhy", "strategyqa", "social_iqa"];
+
+/// Every task name evop knows: the short names of [`DEV_TASKS`] and [`OTHER_TASKS`].
+pub fn known_task_names() -> Vec<&'static str> {
+    DEV_TASKS.iter().map(|(alias, _)| *alias).chain(OTHER_TASKS).collect()
+}
+
+/// The BIG-bench task path of `name`, checked without the archive (so before any download): a
+/// short name of [`DEV_TASKS`], a task of [`OTHER_TASKS`], a task path of either, or a path
+/// `TASK/SUBTASK` (letters, digits, `_`, `-`, `.`). Anything else is
+/// [`EvalError::UnknownTask`], which lists the known names.
+pub fn task_path(name: &str) -> Result<&str> {
+    let path = resolve_task(name);
+    if DEV_TASKS.iter().any(|(_, p)| *p == path) || OTHER_TASKS.contains(&path) {
+        return Ok(path);
+    }
+    let component = |c: &str| !c.is_empty() && c != "." && c != ".." && c.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+    if path.contains('/') && path.split('/').all(component) {
+        return Ok(path);
+    }
+    Err(EvalError::UnknownTask { name: name.to_string(), known: known_task_names().join(", ") })
+}
+
 /// Which layout a `task.json` uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BigBenchFormat {
@@ -241,6 +266,18 @@ mod tests {
 
     fn p() -> &'static Path {
         Path::new("task.json")
+    }
+
+    #[test]
+    fn task_names_are_checked_without_the_archive() {
+        assert_eq!(task_path("science").unwrap(), DEV_TASKS[0].1);
+        assert_eq!(task_path("goal_step_wikihow/step_inference").unwrap(), "goal_step_wikihow/step_inference");
+        assert_eq!(task_path("winowhy").unwrap(), "winowhy");
+        assert_eq!(task_path("logical_deduction/three_objects").unwrap(), "logical_deduction/three_objects");
+        for bad in ["nosuchtask", "", "a//b", "../etc", "a/../b", "x/y z", "/abs"] {
+            let err = task_path(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted")).to_string();
+            assert!(err.contains(&format!("`{bad}`")) && err.contains("science, winogrande, step_inference, winowhy"), "{err}");
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum EvalError {
     /// One example of a task cannot be turned into a multiple-choice item.
     #[error("task `{task}`, example {index}: {message}")]
     Item { task: String, index: usize, message: String },
+    /// A task name that is neither a known task nor a BIG-bench task path.
+    #[error("unknown task `{name}` (known: {known}; or a BIG-bench task path TASK/SUBTASK, such as goal_step_wikihow/step_inference)")]
+    UnknownTask { name: String, known: String },
     /// A task has no usable items (after filtering or subsetting).
     #[error("task `{task}` has no items to evaluate")]
     EmptyTask { task: String },

@@ -31,7 +31,7 @@ pub mod score;
 pub mod stats;
 pub mod task;
 
-pub use bigbench::{load_bigbench, parse_bigbench, resolve_task, BigBenchFormat, DEV_TASKS};
+pub use bigbench::{known_task_names, load_bigbench, parse_bigbench, resolve_task, task_path, BigBenchFormat, DEV_TASKS, OTHER_TASKS};
 pub use error::{EvalError, Result};
 pub use evaluate::{
     evaluate_prepared, evaluate_task, evaluate_task_cached, score_prepared, summarize, EvalOptions, ItemScore, TaskResult,
