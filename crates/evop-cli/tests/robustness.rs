@@ -390,3 +390,54 @@ fn sigkill_and_resume_ends_on_the_same_mask() {
     // the kill are the checkpoint's own, wall times included.
     assert_eq!(resumed_history[..before_kill.len()], before_kill[..]);
 }
+
+/// `cmd` run under `umask`.
+fn with_umask(cmd: &Command, umask: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg("umask $1; shift; exec \"$@\"").arg("sh").arg(umask).arg(cmd.get_program()).args(cmd.get_args()).env("RUST_BACKTRACE", "0");
+    c
+}
+
+/// Modes (permission bits) of every file and folder under `dir`, relative path -> mode.
+fn modes(dir: &Path) -> BTreeMap<String, u32> {
+    snapshot(dir)
+        .into_keys()
+        .map(|k| {
+            let mode = std::fs::metadata(dir.join(k.trim_end_matches('/'))).unwrap().permissions().mode() & 0o777;
+            (k, mode)
+        })
+        .collect()
+}
+
+#[test]
+fn saved_files_get_the_mode_the_umask_gives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = corpus(tmp.path(), 40);
+    for (umask, file_mode, dir_mode) in [("022", 0o644, 0o755), ("027", 0o640, 0o750)] {
+        let out = tmp.path().join(format!("run-{umask}"));
+        let json = tmp.path().join(format!("report-{umask}.json"));
+        let (ok, log) = output(&mut with_umask(&tiny_prune(&text, &out, &["--json", json.to_str().unwrap()]), umask));
+        assert!(ok, "{log}");
+        let applied = tmp.path().join(format!("applied-{umask}"));
+        let mut apply = evop();
+        apply.args(["apply", "--model", fixture("llama").to_str().unwrap(), "--skip", "1", "--out", applied.to_str().unwrap()]);
+        let (ok, log) = output(&mut with_umask(&apply, umask));
+        assert!(ok, "{log}");
+        let eval_json = tmp.path().join(format!("eval-{umask}.json"));
+        let mut eval = evop();
+        eval.args(["eval", "--model", fixture("llama").to_str().unwrap(), "--text", text.to_str().unwrap()])
+            .args(["--seqlen", "8", "--windows", "2", "--json", eval_json.to_str().unwrap()]);
+        let (ok, log) = output(&mut with_umask(&eval, umask));
+        assert!(ok, "{log}");
+        let mut all = modes(&out);
+        assert!(all.contains_key("model/model.safetensors") && all.contains_key("report.json"), "{all:?}");
+        all.extend(modes(&applied).into_iter().map(|(k, m)| (format!("applied/{k}"), m)));
+        for f in [&json, &eval_json] {
+            all.insert(f.display().to_string(), std::fs::metadata(f).unwrap().permissions().mode() & 0o777);
+        }
+        for (name, mode) in all {
+            let want = if name.ends_with('/') { dir_mode } else { file_mode };
+            assert_eq!(mode, want, "umask {umask}: {name} has mode {mode:o}, expected {want:o}");
+        }
+    }
+}
