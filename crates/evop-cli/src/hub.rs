@@ -81,6 +81,7 @@ pub fn parse(s: &str) -> Option<HubId> {
 }
 
 /// Whether `HF_HUB_OFFLINE` asks for the cache only (`1`, `true`, `yes`, `on`, any case).
+#[cfg_attr(not(feature = "hub"), allow(dead_code))]
 pub fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
