@@ -37,7 +37,13 @@ pub fn load_placed(path: &Path, dtype: DType, devices: &[Device]) -> Result<Load
         [one] => return load(path, &LoadOptions { dtype, device: one.clone() }),
         _ => {}
     }
-    let host = load(path, &LoadOptions { dtype, device: Device::Cpu })?;
+    let mut host = load(path, &LoadOptions { dtype, device: Device::Cpu })?;
+    // The CPU layout (io::layout) is for the CPU GEMM: accelerators get row-major weights back.
+    if devices.iter().any(|d| !d.is_cpu()) {
+        for t in host.weights.values_mut() {
+            *t = t.contiguous()?;
+        }
+    }
     let arch = host.architecture();
     if crate::arch::spec(arch).family != Family::Llama {
         return Err(ModelError::Input(format!("pipeline placement supports Llama-family models, not {arch}")));
@@ -58,7 +64,8 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let gguf = GgufFile::open(path)?;
     let spec = gguf.arch_spec()?;
     let cfg = gguf.decoder_config()?;
-    let weights = gguf.hf_tensors(&cfg, opts.dtype, &opts.device)?;
+    let mut weights = gguf.hf_tensors(&cfg, opts.dtype, &opts.device)?;
+    crate::io::layout::cpu_gemm_layout(&mut weights, &opts.device)?;
     let tokenizer = Some(tokenizer_from_gguf(&gguf)?);
     let vb = VarBuilder::from_tensors(weights.clone(), opts.dtype, &opts.device);
     let lm: Arc<dyn BlockLm> = Arc::new(Llama::new(&cfg, spec.architecture, vb)?);
@@ -135,6 +142,7 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             weights.insert(name, t.to_dtype(opts.dtype)?.to_device(&opts.device)?);
         }
     }
+    crate::io::layout::cpu_gemm_layout(&mut weights, &opts.device)?;
     let vb = VarBuilder::from_tensors(weights.clone(), opts.dtype, &opts.device);
     let lm = crate::arch::build(arch, &hf_config, vb, &cfg_path).map_err(|e| weight_context(e, dir))?;
     let tok_path = dir.join("tokenizer.json");

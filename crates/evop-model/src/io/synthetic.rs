@@ -120,7 +120,8 @@ fn synthetic_weights(cfg: &LlamaConfig, seed: u64, dtype: DType, device: &Device
 /// tokenizer: feed it token ids.
 pub fn load_synthetic(name: &str, seed: u64, opts: &LoadOptions) -> Result<LoadedModel> {
     let cfg = synthetic_config(name)?;
-    let weights = synthetic_weights(&cfg, seed, opts.dtype, &opts.device)?;
+    let mut weights = synthetic_weights(&cfg, seed, opts.dtype, &opts.device)?;
+    crate::io::layout::cpu_gemm_layout(&mut weights, &opts.device)?;
     let vb = VarBuilder::from_tensors(weights.clone(), opts.dtype, &opts.device);
     let lm = Arc::new(Llama::new(&cfg, Architecture::Llama, vb)?);
     let mut hf_config = serde_json::to_value(&cfg).expect("config serialises");
