@@ -57,9 +57,9 @@ struct Args {
     /// Seeds (calibration draws and searches).
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
     seeds: Vec<u64>,
-    /// SLEB's calibration budgets in tokens (random windows of --seqlen tokens).
-    #[arg(long, value_delimiter = ',', default_value = "512,2048,8192,32768")]
-    sleb_tokens: Vec<usize>,
+    /// SLEB's calibration budgets in tokens (random windows of --seqlen tokens; `none`: no SLEB).
+    #[arg(long, value_delimiter = ',', default_value = "512,2048,8192,32768", value_parser = parse_budget)]
+    sleb_tokens: Vec<Option<usize>>,
     /// EvoP configurations (see the module docs; empty: none).
     #[arg(long, value_delimiter = ',', default_value = "paper,mf:4/64/8")]
     evop: Vec<String>,
@@ -321,7 +321,7 @@ fn main() -> Result<()> {
     };
     for &seed in &args.seeds {
         // SLEB's random windows: one draw of the largest budget; smaller budgets take its first windows.
-        let max_windows = args.sleb_tokens.iter().map(|t| t.div_ceil(args.seqlen)).max().unwrap_or(0);
+        let max_windows = args.sleb_tokens.iter().flatten().map(|t| t.div_ceil(args.seqlen)).max().unwrap_or(0);
         let random = if max_windows > 0 {
             let spec = CalibrationSpec { windows: max_windows, seqlen: args.seqlen, sampler: SamplerKind::Random };
             build_calibration(&model, &split.calibration, &spec, seed)?.token_windows()
@@ -331,7 +331,7 @@ fn main() -> Result<()> {
         let ccds: Vec<(CalibrationSet, f64)> =
             configs.iter().map(|c| ccds_set(&args, &model, &split.calibration, c.windows(), seed)).collect::<Result<_>>()?;
         for &n in &args.ns {
-            for &tokens in &args.sleb_tokens {
+            for &tokens in args.sleb_tokens.iter().flatten() {
                 let w = &random[..tokens.div_ceil(args.seqlen)];
                 let t = Instant::now();
                 let (removed, block_forwards) = sleb(&lm, w, n)?;
@@ -387,4 +387,12 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A SLEB budget in tokens, or `none`.
+fn parse_budget(s: &str) -> std::result::Result<Option<usize>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|e| format!("`{s}` is neither a token count nor `none` ({e})"))
 }

@@ -64,8 +64,8 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub budget: Option<u64>,
     /// Screen EvoP's candidates on the first N tokens of every calibration window (approximate:
-    /// the GA ranks on the shortened windows; the 4 best masks of its final population are then
-    /// compared on the whole windows). Off by default; see docs/performance.md, "Screening".
+    /// the GA ranks on the shortened windows; the --finalists best masks of its final population are
+    /// then compared on the whole windows). Off by default; see docs/performance.md, "Screening".
     #[arg(long, value_name = "N")]
     pub screen_tokens: Option<usize>,
     /// Multi-fidelity EvoP: rank the GA's candidates on the first S calibration windows and decide
