@@ -14,7 +14,9 @@
 //!   docs/results.md at equal tokens;
 //! - `mf:LOSS:S/W/F` (`mf:S/W/F`: NLL): multi-fidelity EvoP: CCDS W windows; greedy seed and GA
 //!   screening on the first S windows (the greedy answer joins the initial population); the F
-//!   best distinct masks of the final population decided on all W windows.
+//!   best distinct masks of the final population decided on all W windows. A suffix `:pP:sT`
+//!   changes the GA's shape: population P, stop after T stalled generations (e.g.
+//!   `mf:kl:4/16/4:p16:s4`, the `quick` preset of `evop prune`).
 //!
 //! ```text
 //! cargo run --release --example equal_compute -- --model smollm2-135m --ns 6,9,12 --seeds 0,1,2 \
@@ -101,7 +103,44 @@ enum EvopConfig {
     Ga { loss: LossKind, windows: usize },
     /// Multi-fidelity: greedy seed and GA screening on `screen` windows, `finalists` decided on
     /// all `windows`, under `loss`.
-    MultiFidelity { loss: LossKind, screen: usize, windows: usize, finalists: usize },
+    MultiFidelity { loss: LossKind, screen: usize, windows: usize, finalists: usize, shape: GaShape },
+}
+
+/// The GA's population and stall rule (up to 30 generations).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct GaShape {
+    population: usize,
+    stalled: u64,
+}
+
+impl Default for GaShape {
+    fn default() -> Self {
+        Self { population: 32, stalled: 8 }
+    }
+}
+
+impl GaShape {
+    /// `pP` and `sT` parts, in any order, over the defaults.
+    fn parse(parts: &[&str]) -> Option<Self> {
+        let mut shape = Self::default();
+        for p in parts {
+            match (p.get(..1), p.get(1..).and_then(|v| v.parse::<u64>().ok())) {
+                (Some("p"), Some(v)) if v >= 2 => shape.population = v as usize,
+                (Some("s"), Some(v)) if v >= 1 => shape.stalled = v,
+                _ => return None,
+            }
+        }
+        Some(shape)
+    }
+
+    /// The name suffix: empty for the defaults.
+    fn suffix(&self) -> String {
+        if *self == Self::default() {
+            String::new()
+        } else {
+            format!(":p{}:s{}", self.population, self.stalled)
+        }
+    }
 }
 
 fn parse_loss(s: &str) -> Result<LossKind> {
@@ -126,20 +165,27 @@ impl EvopConfig {
             return Ok(Self::Ga { loss: LossKind::KlToDense, windows: 4 });
         }
         let parts: Vec<&str> = s.split(':').collect();
-        let bad = || anyhow::anyhow!("--evop {s}: expected paper, ga:LOSS:W, mf:S/W/F or mf:LOSS:S/W/F");
+        let bad = || anyhow::anyhow!("--evop {s}: expected paper, ga:LOSS:W, mf:S/W/F or mf:LOSS:S/W/F[:pP][:sT]");
         match parts[..] {
             ["ga", loss, w] => Ok(Self::Ga { loss: parse_loss(loss)?, windows: w.parse().map_err(|_| bad())? }),
-            ["mf", rest] => Self::multi_fidelity(LossKind::Nll, rest).ok_or_else(bad),
-            ["mf", loss, rest] => Self::multi_fidelity(parse_loss(loss)?, rest).ok_or_else(bad),
+            ["mf", rest] => Self::multi_fidelity(LossKind::Nll, rest, &[]).ok_or_else(bad),
+            ["mf", loss, rest, ref shape @ ..] if loss.contains('/') => {
+                // `mf:S/W/F:pP...` (NLL) has its sizes in the loss's place.
+                let mut all = vec![rest];
+                all.extend_from_slice(shape);
+                Self::multi_fidelity(LossKind::Nll, loss, &all).ok_or_else(bad)
+            }
+            ["mf", loss, rest, ref shape @ ..] => Self::multi_fidelity(parse_loss(loss)?, rest, shape).ok_or_else(bad),
             _ => Err(bad()),
         }
     }
 
-    fn multi_fidelity(loss: LossKind, sizes: &str) -> Option<Self> {
+    fn multi_fidelity(loss: LossKind, sizes: &str, shape: &[&str]) -> Option<Self> {
         let v: Vec<usize> = sizes.split('/').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        let shape = GaShape::parse(shape)?;
         match v[..] {
             [screen, windows, finalists] if screen >= 1 && screen < windows && finalists >= 1 => {
-                Some(Self::MultiFidelity { loss, screen, windows, finalists })
+                Some(Self::MultiFidelity { loss, screen, windows, finalists, shape })
             }
             _ => None,
         }
@@ -157,9 +203,11 @@ impl EvopConfig {
         match self {
             Self::Ga { loss: LossKind::KlToDense, windows: 4 } => "evop-paper".into(),
             Self::Ga { loss, windows } => format!("evop-ga:{}:{windows}", loss_name(*loss)),
-            Self::MultiFidelity { loss: LossKind::Nll, screen, windows, finalists } => format!("evop-mf:{screen}/{windows}/{finalists}"),
-            Self::MultiFidelity { loss, screen, windows, finalists } => {
-                format!("evop-mf:{}:{screen}/{windows}/{finalists}", loss_name(*loss))
+            Self::MultiFidelity { loss: LossKind::Nll, screen, windows, finalists, shape } => {
+                format!("evop-mf:{screen}/{windows}/{finalists}{}", shape.suffix())
+            }
+            Self::MultiFidelity { loss, screen, windows, finalists, shape } => {
+                format!("evop-mf:{}:{screen}/{windows}/{finalists}{}", loss_name(*loss), shape.suffix())
             }
         }
     }
@@ -346,9 +394,10 @@ fn main() -> Result<()> {
                 let ga = SearchSpec { population: 32, generations: 30, stalled: Some(8), ..SearchSpec::default() };
                 let (spec, loss, extra_forwards) = match config {
                     EvopConfig::Ga { loss, .. } => (ga, *loss, 0),
-                    EvopConfig::MultiFidelity { loss, screen, finalists, .. } => {
+                    EvopConfig::MultiFidelity { loss, screen, finalists, shape, .. } => {
                         let (seed_mask, seed_forwards) = sleb(&lm, &windows[..*screen], n)?;
                         let screening = Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists };
+                        let ga = SearchSpec { population: shape.population, stalled: Some(shape.stalled), ..ga };
                         (SearchSpec { seed_masks: vec![seed_mask], screening: Some(screening), ..ga }, *loss, seed_forwards)
                     }
                 };

@@ -76,8 +76,8 @@ pub fn experiment(exp: &ExperimentArgs) -> Result<()> {
         bail!("--calib-windows 0: at least one calibration window");
     }
     let min_population = if exp.strategy == "ga" { 2 } else { 1 };
-    if exp.population < min_population {
-        bail!("--population {}: the {} strategy needs at least {min_population}", exp.population, exp.strategy);
+    if exp.population() < min_population {
+        bail!("--population {}: the {} strategy needs at least {min_population}", exp.population(), exp.strategy);
     }
     if exp.calib == "ccds" {
         if exp.clusters == Some(0) {

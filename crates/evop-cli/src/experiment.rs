@@ -51,15 +51,22 @@ pub struct ExperimentArgs {
     /// EvoP's strategy: ga (EPPS) or one-plus-lambda (EvoPress).
     #[arg(long, default_value = "ga")]
     pub strategy: String,
-    /// GA population (or lambda for one-plus-lambda).
-    #[arg(long, default_value_t = 32)]
-    pub population: usize,
+    /// Search effort: `full` (GA population 32, stop after 8 stalled generations, 8 finalists: the
+    /// configuration with the best worst case at equal GPU time in docs/results.md), `quick`
+    /// (population 16, 4 stalled, 4 finalists: sized so the default run fits in 5 minutes on 2 CPU
+    /// cores, docs/results.md "The CPU default"), or `auto`: `full` on a GPU, `quick` on the CPU.
+    /// --population, --stalled and --finalists override it.
+    #[arg(long, default_value = "auto")]
+    pub preset: Preset,
+    /// GA population (or lambda for one-plus-lambda); default from --preset.
+    #[arg(long)]
+    pub population: Option<usize>,
     /// Maximum generations.
     #[arg(long, default_value_t = 30)]
     pub generations: u64,
-    /// Stop after this many generations without improvement (0: never).
-    #[arg(long, default_value_t = 8)]
-    pub stalled: u64,
+    /// Stop after this many generations without improvement (0: never); default from --preset.
+    #[arg(long)]
+    pub stalled: Option<u64>,
     /// Stop after this many fitness evaluations.
     #[arg(long)]
     pub budget: Option<u64>,
@@ -75,9 +82,9 @@ pub struct ExperimentArgs {
     #[arg(long, value_name = "S", default_value_t = 4)]
     pub screen_windows: usize,
     /// Distinct masks of the GA's final population re-evaluated on every calibration window when
-    /// screening.
-    #[arg(long, default_value_t = 8)]
-    pub finalists: usize,
+    /// screening; default from --preset.
+    #[arg(long)]
+    pub finalists: Option<usize>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -99,6 +106,50 @@ pub struct ExperimentArgs {
     pub batch_size: usize,
 }
 
+/// How much search EvoP does by default (`--preset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// `full` on a GPU (CUDA, Metal), `quick` on the CPU.
+    Auto,
+    /// Population 32, stop after 8 stalled generations, 8 finalists.
+    Full,
+    /// Population 16, stop after 4 stalled generations, 4 finalists.
+    Quick,
+}
+
+/// The GA's shape a preset stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PresetShape {
+    pub population: usize,
+    pub stalled: u64,
+    pub finalists: usize,
+}
+
+impl Preset {
+    /// The preset in force on `device` (`cpu`, `cuda[:N]`, `metal[:N]`).
+    pub fn resolve(self, device: &str) -> Preset {
+        match self {
+            Preset::Auto if device == "cpu" => Preset::Quick,
+            Preset::Auto => Preset::Full,
+            p => p,
+        }
+    }
+
+    pub fn shape(self, device: &str) -> PresetShape {
+        match self.resolve(device) {
+            Preset::Quick => PresetShape { population: 16, stalled: 4, finalists: 4 },
+            _ => PresetShape { population: 32, stalled: 8, finalists: 8 },
+        }
+    }
+
+    pub fn name(self, device: &str) -> &'static str {
+        match self.resolve(device) {
+            Preset::Quick => "quick",
+            _ => "full",
+        }
+    }
+}
+
 /// The model, the split and the evaluation windows.
 pub struct Setup {
     pub model: LoadedModel,
@@ -107,6 +158,36 @@ pub struct Setup {
 }
 
 impl ExperimentArgs {
+    /// The GA population: --population, else the preset's.
+    pub fn population(&self) -> usize {
+        self.population.unwrap_or(self.preset_shape().population)
+    }
+
+    /// Generations without improvement before the GA stops (0: never): --stalled, else the preset's.
+    pub fn stalled(&self) -> u64 {
+        self.stalled.unwrap_or(self.preset_shape().stalled)
+    }
+
+    /// Finalists decided at full fidelity: --finalists, else the preset's.
+    pub fn finalists(&self) -> usize {
+        self.finalists.unwrap_or(self.preset_shape().finalists)
+    }
+
+    fn preset_shape(&self) -> PresetShape {
+        self.preset.shape(&self.model.device)
+    }
+
+    /// The search settings in words, for the report's header.
+    pub fn search_summary(&self) -> String {
+        format!(
+            "preset {}: population {}, stop after {} stalled generations, {} finalists",
+            self.preset.name(&self.model.device),
+            self.population(),
+            self.stalled(),
+            self.finalists()
+        )
+    }
+
     pub fn setup(&self) -> Result<Setup> {
         let s = spinner("loading model and text");
         let model = self.model.load()?;
@@ -190,10 +271,10 @@ impl ExperimentArgs {
         if windows == self.calib_windows && self.screen_tokens.is_none() {
             return Ok(None);
         }
-        if self.finalists == 0 {
+        if self.finalists() == 0 {
             bail!("--finalists must be at least 1");
         }
-        Ok(Some(evop::Screening { windows, tokens: self.screen_tokens, position_stride: 1, finalists: self.finalists }))
+        Ok(Some(evop::Screening { windows, tokens: self.screen_tokens, position_stride: 1, finalists: self.finalists() }))
     }
 
     pub fn search_spec(&self) -> Result<SearchSpec> {
@@ -204,9 +285,9 @@ impl ExperimentArgs {
         };
         Ok(SearchSpec {
             strategy,
-            population: self.population,
+            population: self.population(),
             generations: self.generations,
-            stalled: (self.stalled > 0).then_some(self.stalled),
+            stalled: (self.stalled() > 0).then_some(self.stalled()),
             budget: self.budget,
             screening: self.screening()?,
             ..SearchSpec::default()

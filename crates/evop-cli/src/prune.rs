@@ -4,9 +4,10 @@
 //!
 //! With no arguments: SmolLM2-135M (fetched if missing), 6 of 30 blocks, CCDS calibration of 16
 //! windows x 128 tokens from the Wikipedia leads' calibration split, EvoP multi-fidelity (greedy
-//! seed and GA screening on the first 4 windows, KL-to-dense loss, the 8 best distinct masks
-//! decided on all 16), then SLEB given EvoP's wall time on its own protocol, perplexity on 24
-//! windows x 256 tokens of the evaluation split.
+//! seed and GA screening on the first 4 windows, KL-to-dense loss, the best distinct masks of the
+//! final population decided on all 16; the GA's size from `--preset`: `quick` on the CPU, `full`
+//! on a GPU), then SLEB given EvoP's wall time on its own protocol, perplexity on 24 windows x 256
+//! tokens of the evaluation split (each distinct mask evaluated once).
 use crate::experiment::{evaluate, ExperimentArgs, MethodRun, MethodRunner};
 use anyhow::{bail, Context, Result};
 use evop::model::BlockMask;
@@ -72,8 +73,10 @@ fn sleb_at_equal_time(
     seed.removed = evop.seed_removed.clone();
     seed.search_seconds = evop.seed_seconds;
     seed.detail = serde_json::Value::Null;
+    // As many windows as SLEB reads in EvoP's seconds at the rate of EvoP's seed (rounded down:
+    // SLEB's time per window grows a little with the windows, so rounding to nearest overshot).
     let per_window = evop.seed_seconds / evop.seed_windows as f64;
-    let windows = ((evop.search_seconds / per_window).round() as usize).clamp(evop.seed_windows, 4096);
+    let windows = ((evop.search_seconds / per_window).floor() as usize).clamp(evop.seed_windows, 4096);
     let spec = evop::CalibrationSpec { windows, seqlen: args.exp.seqlen, sampler: evop::SamplerKind::Random };
     let random = evop::build_calibration(&setup.model, &setup.split.calibration, &spec, args.exp.seed)
         .with_context(|| format!("drawing {windows} random windows for SLEB at EvoP's time"))?;
@@ -82,8 +85,12 @@ fn sleb_at_equal_time(
     // The table's calibration NLL is on EvoP's calibration set for every row.
     let windows = calib.token_windows();
     for r in [&mut seed, &mut equal] {
-        let mask = BlockMask::from_removed(lm.num_blocks(), &r.removed)?;
-        r.calibration_nll = evop::model::perplexity::perplexity(lm.as_ref(), &windows, &mask, args.exp.batch_size)?.mean_nll;
+        r.calibration_nll = if r.removed == evop.removed {
+            evop.calibration_nll
+        } else {
+            let mask = BlockMask::from_removed(lm.num_blocks(), &r.removed)?;
+            evop::model::perplexity::perplexity(lm.as_ref(), &windows, &mask, args.exp.batch_size)?.mean_nll
+        };
     }
     Ok(vec![seed, equal])
 }
@@ -186,14 +193,22 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
     }
 
     let dense = evaluate(&args.exp, &setup, &BlockMask::dense(l), "dense")?;
-    for r in &mut runs {
-        let mask = BlockMask::from_removed(l, &r.removed)?;
-        r.eval = Some(evaluate(&args.exp, &setup, &mask, &r.method)?);
+    // Methods that agree share one evaluation (the evaluator is deterministic).
+    for i in 0..runs.len() {
+        let earlier = runs[..i].iter().find(|r| r.removed == runs[i].removed).and_then(|r| r.eval.clone());
+        runs[i].eval = Some(match earlier {
+            Some(e) => e,
+            None => evaluate(&args.exp, &setup, &BlockMask::from_removed(l, &runs[i].removed)?, &runs[i].method)?,
+        });
     }
 
     let name = setup.model.source.file_name().map_or_else(|| setup.model.source.display().to_string(), |f| f.to_string_lossy().into_owned());
-    println!("\nDepth pruning of {name}: {n} of {l} blocks, calibration {} x {} tokens ({}), evaluation {} tokens\n",
+    println!("\nDepth pruning of {name}: {n} of {l} blocks, calibration {} x {} tokens ({}), evaluation {} tokens",
         calib.len(), args.exp.seqlen, args.exp.calib, setup.eval.tokens());
+    if args.method == "evop" {
+        println!("EvoP search: {}", args.exp.search_summary());
+    }
+    println!();
     println!("| model | removed blocks | calib NLL | eval PPL | search s |");
     println!("|---|---|---:|---:|---:|");
     println!("| dense | - | - | {:.3} | - |", dense.overall.perplexity);
@@ -212,6 +227,8 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         "remove": n,
         "calibration": calib.settings,
         "calibration_clusters": calib.clusters,
+        "search": { "preset": args.exp.preset.name(&args.exp.model.device), "population": args.exp.population(),
+                    "stalled": args.exp.stalled(), "finalists": args.exp.finalists() },
         "dense": dense,
         "runs": runs,
     });

@@ -1,0 +1,142 @@
+//! Candidate evaluations per second over a real search's candidate stream, the figure a user
+//! waits on during a search: SLEB's greedy steps (Song et al. ICML 2024) and an EvoP GA run (Wu et
+//! et al. 2025, arXiv 2502.14910), on any model, device and dtype, with seeded random calibration
+//! tokens (the forward's time does not depend on their values).
+//!
+//! Paths: `reuse` (the evaluator's defaults: dense boundary states, persistent prefix cache,
+//! stacking) and `naive` (a full masked forward per candidate, what a plain loop does). Counts are
+//! distinct candidates evaluated (the search's memo answers repeats on both paths).
+//!
+//! `--masks-out DIR` writes `DIR/evop-checkpoint.json` (every mask the EvoP run evaluated), the
+//! candidate stream `scripts/torch_search_loop.py --masks` scores with the PyTorch loop on the same
+//! model shape and tokens; SLEB's stream is the loop's own `--stream sleb:N` (the same number of
+//! candidates per step whatever the losses).
+//!
+//! ```text
+//! cargo run --release --features cuda --example search_rate -- --model synthetic:llama2-7b \
+//!     --device cuda --dtype bf16 --windows 8 --seqlen 512 --n 6 --masks-out out/rate --json out/rate.jsonl
+//! ```
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use evop::baselines::{Pruner, Sleb};
+use evop::model::{load, EvaluatorOptions, LoadOptions, LossKind};
+use evop::{SearchJob, SearchSpec};
+use rand::{Rng, SeedableRng};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+struct Args {
+    /// A GGUF file, a Hugging Face directory, a known asset name or synthetic:NAME.
+    #[arg(long, default_value = "synthetic:smollm2-135m")]
+    model: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Calibration windows x tokens per window.
+    #[arg(long, default_value_t = 8)]
+    windows: usize,
+    #[arg(long, default_value_t = 512)]
+    seqlen: usize,
+    /// Blocks removed.
+    #[arg(long, default_value_t = 6)]
+    n: usize,
+    /// Methods (comma-separated: sleb, evop).
+    #[arg(long, value_delimiter = ',', default_value = "sleb,evop")]
+    methods: Vec<String>,
+    /// Paths (comma-separated: reuse, naive).
+    #[arg(long, value_delimiter = ',', default_value = "reuse")]
+    paths: Vec<String>,
+    /// Loss: nll or kl.
+    #[arg(long, default_value = "nll")]
+    loss: String,
+    /// EvoP's GA: population, generations (all run: no stall rule, so every path and the PyTorch
+    /// loop see a stream of the same length).
+    #[arg(long, default_value_t = 32)]
+    population: usize,
+    #[arg(long, default_value_t = 6)]
+    generations: u64,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder for the EvoP run's checkpoint (its evaluated masks).
+    #[arg(long)]
+    masks_out: Option<PathBuf>,
+    /// Append one JSON line per (method, path) here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let loss = match a.loss.as_str() {
+        "nll" => LossKind::Nll,
+        "kl" => LossKind::KlToDense,
+        other => bail!("--loss {other}: expected nll or kl"),
+    };
+    if let Some(dir) = a.json.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let opts = LoadOptions { device: evop::model::parse_device(&a.device)?, dtype: evop::model::parse_dtype(&a.dtype)? };
+    let t = Instant::now();
+    let model = load(std::path::Path::new(&a.model), &opts).with_context(|| format!("loading {}", a.model))?;
+    let lm = model.lm.clone();
+    eprintln!("{}: {} blocks, loaded in {:.1}s", a.model, lm.num_blocks(), t.elapsed().as_secs_f64());
+    let vocab = lm.info().vocab_size as u32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let windows: Vec<Vec<u32>> = (0..a.windows).map(|_| (0..a.seqlen).map(|_| rng.random_range(0..vocab)).collect()).collect();
+    for method in &a.methods {
+        for path in &a.paths {
+            let evaluator = match path.as_str() {
+                "reuse" => EvaluatorOptions { batch_size: a.batch_size, loss, ..Default::default() },
+                "naive" => EvaluatorOptions { loss, ..EvaluatorOptions::naive(a.batch_size) },
+                other => bail!("--paths {other}: expected reuse or naive"),
+            };
+            let t = Instant::now();
+            let (removed, counts) = match method.as_str() {
+                "sleb" => {
+                    let r = Sleb { evaluator, ..Sleb::default() }.prune(&lm, &windows, a.n)?;
+                    (r.removed(), r.counts)
+                }
+                "evop" => {
+                    let checkpoint = match &a.masks_out {
+                        Some(dir) if path == "reuse" => {
+                            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                            let file = dir.join("evop-checkpoint.json");
+                            if file.exists() {
+                                bail!("{} exists: choose another --masks-out", file.display());
+                            }
+                            Some((file, false))
+                        }
+                        _ => None,
+                    };
+                    let search = SearchSpec { population: a.population, generations: a.generations, stalled: None, ..SearchSpec::default() };
+                    let job = SearchJob { search, evaluator, checkpoint, ..SearchJob::new(a.n, a.seed) };
+                    let r = job.run(lm.clone(), &windows, None)?;
+                    (r.removed, r.counts)
+                }
+                other => bail!("--methods {other}: expected sleb or evop"),
+            };
+            let seconds = t.elapsed().as_secs_f64();
+            let rate = counts.candidates as f64 / seconds;
+            println!(
+                "{method} {path}: {} candidates in {seconds:.2} s = {rate:.2} evaluations/s ({} block, {} head forwards), removed {removed:?}",
+                counts.candidates, counts.block_forwards, counts.head_forwards
+            );
+            if let Some(p) = &a.json {
+                let row = serde_json::json!({
+                    "model": a.model, "device": a.device, "dtype": a.dtype, "windows": a.windows, "seqlen": a.seqlen,
+                    "n": a.n, "loss": a.loss, "method": method, "path": path, "candidates": counts.candidates,
+                    "block_forwards": counts.block_forwards, "head_forwards": counts.head_forwards,
+                    "seconds": seconds, "evaluations_per_s": rate, "removed": removed,
+                });
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?;
+                writeln!(f, "{row}")?;
+            }
+        }
+    }
+    Ok(())
+}
