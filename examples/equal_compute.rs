@@ -15,8 +15,9 @@
 //! - `mf:LOSS:S/W/F` (`mf:S/W/F`: NLL): multi-fidelity EvoP: CCDS W windows; greedy seed and GA
 //!   screening on the first S windows (the greedy answer joins the initial population); the F
 //!   best distinct masks of the final population decided on all W windows. A suffix `:pP:sT`
-//!   changes the GA's shape: population P, stop after T stalled generations (e.g.
-//!   `mf:kl:4/16/4:p16:s4`, the `quick` preset of `evop prune`).
+//!   changes the GA's shape: population P, stop after T stalled generations; `:ppl` seeds it with
+//!   the one-shot perplexity ranking instead of SLEB's greedy answer (e.g.
+//!   `mf:kl:4/16/4:p16:s4:ppl`, the `quick` preset of `evop prune`).
 //!
 //! ```text
 //! cargo run --release --example equal_compute -- --model smollm2-135m --ns 6,9,12 --seeds 0,1,2 \
@@ -106,16 +107,18 @@ enum EvopConfig {
     MultiFidelity { loss: LossKind, screen: usize, windows: usize, finalists: usize, shape: GaShape },
 }
 
-/// The GA's population and stall rule (up to 30 generations).
+/// The GA's population and stall rule (up to 30 generations), and the baseline that seeds it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct GaShape {
     population: usize,
     stalled: u64,
+    /// `sleb` (greedy) or `ppl` (one-shot perplexity ranking).
+    seed: &'static str,
 }
 
 impl Default for GaShape {
     fn default() -> Self {
-        Self { population: 32, stalled: 8 }
+        Self { population: 32, stalled: 8, seed: "sleb" }
     }
 }
 
@@ -124,6 +127,10 @@ impl GaShape {
     fn parse(parts: &[&str]) -> Option<Self> {
         let mut shape = Self::default();
         for p in parts {
+            if *p == "ppl" {
+                shape.seed = "ppl";
+                continue;
+            }
             match (p.get(..1), p.get(1..).and_then(|v| v.parse::<u64>().ok())) {
                 (Some("p"), Some(v)) if v >= 2 => shape.population = v as usize,
                 (Some("s"), Some(v)) if v >= 1 => shape.stalled = v,
@@ -135,11 +142,15 @@ impl GaShape {
 
     /// The name suffix: empty for the defaults.
     fn suffix(&self) -> String {
-        if *self == Self::default() {
-            String::new()
-        } else {
-            format!(":p{}:s{}", self.population, self.stalled)
+        let d = Self::default();
+        let mut s = String::new();
+        if (self.population, self.stalled) != (d.population, d.stalled) {
+            s += &format!(":p{}:s{}", self.population, self.stalled);
         }
+        if self.seed != d.seed {
+            s += &format!(":{}", self.seed);
+        }
+        s
     }
 }
 
@@ -337,9 +348,16 @@ fn main() -> Result<()> {
     if let Some(dir) = rows_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
+    // Masks already scored are not evaluated again (the evaluator is deterministic).
+    let scored = std::cell::RefCell::new(std::collections::HashMap::<Vec<usize>, (f64, Option<f64>)>::new());
     let score = |removed: &[usize]| -> Result<(f64, Option<f64>)> {
+        if let Some(s) = scored.borrow().get(removed) {
+            return Ok(*s);
+        }
         let e = evaluate(lm.as_ref(), &eval, &BlockMask::from_removed(l, removed)?, args.batch_size)?;
-        Ok((e.overall.perplexity, e.worst_topic.map(|w| w.1)))
+        let s = (e.overall.perplexity, e.worst_topic.map(|w| w.1));
+        scored.borrow_mut().insert(removed.to_vec(), s);
+        Ok(s)
     };
     let emit = |row: Row| -> Result<()> {
         eprintln!(
@@ -395,7 +413,8 @@ fn main() -> Result<()> {
                 let (spec, loss, extra_forwards) = match config {
                     EvopConfig::Ga { loss, .. } => (ga, *loss, 0),
                     EvopConfig::MultiFidelity { loss, screen, finalists, shape, .. } => {
-                        let (seed_mask, seed_forwards) = sleb(&lm, &windows[..*screen], n)?;
+                        let seeder = ga.seed_pruner(shape.seed, l)?.prune(&lm, &windows[..*screen], n)?;
+                        let (seed_mask, seed_forwards) = (seeder.removed(), seeder.counts.block_forwards);
                         let screening = Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists };
                         let ga = SearchSpec { population: shape.population, stalled: Some(shape.stalled), ..ga };
                         (SearchSpec { seed_masks: vec![seed_mask], screening: Some(screening), ..ga }, *loss, seed_forwards)

@@ -175,8 +175,9 @@ impl Default for SearchSpec {
 impl SearchSpec {
     /// Places the answers of cheap baselines for removing `n` blocks on `windows` in the initial
     /// population, as `evop prune --seed-with` does. `names` are [`evop_baselines::pruner_by_name`]
-    /// names (`none` is skipped); with `protect_ends`, an answer that removes the first or last
-    /// block cannot seed the search and is left out.
+    /// names (`none` is skipped); with `protect_ends`, the one-shot ranking (`ppl`) skips the first
+    /// and last block, and any other answer that removes one of them cannot seed the search and is
+    /// left out.
     pub fn seed_with_baselines(
         &mut self,
         lm: &Arc<dyn BlockLm>,
@@ -186,12 +187,21 @@ impl SearchSpec {
     ) -> Result<()> {
         let last = lm.num_blocks().saturating_sub(1);
         for name in names.iter().filter(|m| m.as_str() != "none") {
-            let removed = evop_baselines::pruner_by_name(name)?.prune(lm, windows, n)?.removed();
+            let removed = self.seed_pruner(name, lm.num_blocks())?.prune(lm, windows, n)?.removed();
             if !self.protect_ends || !(removed.contains(&0) || removed.contains(&last)) {
                 self.seed_masks.push(removed);
             }
         }
         Ok(())
+    }
+
+    /// The baseline `name` as a seed of this search: [`evop_baselines::pruner_by_name`], except that
+    /// with `protect_ends` the one-shot ranking never ranks the first or last of the `l` blocks.
+    pub fn seed_pruner(&self, name: &str, l: usize) -> Result<Box<dyn evop_baselines::Pruner>> {
+        if self.protect_ends && name.trim().eq_ignore_ascii_case("ppl") {
+            return Ok(Box::new(evop_baselines::OneShotPpl { protected: vec![0, l.saturating_sub(1)], ..Default::default() }));
+        }
+        Ok(evop_baselines::pruner_by_name(name)?)
     }
 }
 

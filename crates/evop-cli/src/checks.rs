@@ -90,7 +90,7 @@ pub fn experiment(exp: &ExperimentArgs) -> Result<()> {
             bail!("--clusters {k}: more clusters than the --pool {} windows clustered", exp.pool);
         }
     }
-    for name in &exp.seed_with {
+    for name in &exp.seed_with() {
         seed_method(name)?;
     }
     if let Some(corpus) = &exp.corpus {

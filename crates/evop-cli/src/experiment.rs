@@ -51,11 +51,12 @@ pub struct ExperimentArgs {
     /// EvoP's strategy: ga (EPPS) or one-plus-lambda (EvoPress).
     #[arg(long, default_value = "ga")]
     pub strategy: String,
-    /// Search effort: `full` (GA population 32, stop after 8 stalled generations, 8 finalists: the
-    /// configuration with the best worst case at equal GPU time in docs/results.md), `quick`
-    /// (population 16, 4 stalled, 4 finalists: sized so the default run fits in 5 minutes on 2 CPU
-    /// cores, docs/results.md "The CPU default"), or `auto`: `full` on a GPU, `quick` on the CPU.
-    /// --population, --stalled and --finalists override it.
+    /// Search effort: `full` (seeded by SLEB's greedy answer, GA population 32, stop after 8
+    /// stalled generations, 8 finalists: the configuration with the best worst case at equal GPU
+    /// time in docs/results.md), `quick` (seeded by the one-shot perplexity ranking, population 16,
+    /// 4 stalled, 4 finalists: sized so the default run fits in 5 minutes on 2 CPU cores,
+    /// docs/results.md "The default CPU run"), or `auto`: `full` on a GPU, `quick` on the CPU.
+    /// --seed-with, --population, --stalled and --finalists override it.
     #[arg(long, default_value = "auto")]
     pub preset: Preset,
     /// GA population (or lambda for one-plus-lambda); default from --preset.
@@ -75,6 +76,11 @@ pub struct ExperimentArgs {
     /// then compared on the whole windows). Off by default; see docs/performance.md, "Screening".
     #[arg(long, value_name = "N")]
     pub screen_tokens: Option<usize>,
+    /// Screen EvoP's candidates on the loss at every N-th predicted position only (approximate: the
+    /// blocks still run every position; the head and loss, a third of a candidate's time on the
+    /// CPU, run on 1/N of them); the --finalists are compared on every position.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub screen_stride: usize,
     /// Multi-fidelity EvoP: rank the GA's candidates on the first S calibration windows and decide
     /// among the --finalists best on all of them; the greedy seed (--seed-with) is computed on
     /// those S windows too. 0, or S at least --calib-windows, evaluates every candidate on every
@@ -89,9 +95,10 @@ pub struct ExperimentArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Cheap baselines whose answers join EvoP's initial population (comma-separated; `none`),
-    /// computed on the screening windows when screening.
-    #[arg(long, value_delimiter = ',', default_value = "sleb")]
-    pub seed_with: Vec<String>,
+    /// computed on the screening windows when screening; default from --preset (`sleb` for
+    /// `full`, `ppl`, the one-shot ranking, for `quick`).
+    #[arg(long, value_delimiter = ',')]
+    pub seed_with: Option<Vec<String>>,
     /// Evaluation windows of the evaluation split (the first ones; 0 = all).
     #[arg(long, default_value_t = 24)]
     pub eval_windows: usize,
@@ -111,15 +118,17 @@ pub struct ExperimentArgs {
 pub enum Preset {
     /// `full` on a GPU (CUDA, Metal), `quick` on the CPU.
     Auto,
-    /// Population 32, stop after 8 stalled generations, 8 finalists.
+    /// SLEB seed, population 32, stop after 8 stalled generations, 8 finalists.
     Full,
-    /// Population 16, stop after 4 stalled generations, 4 finalists.
+    /// One-shot perplexity seed, population 16, stop after 4 stalled generations, 4 finalists.
     Quick,
 }
 
 /// The GA's shape a preset stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PresetShape {
+    /// The baseline whose answer seeds the GA.
+    pub seed_with: &'static str,
     pub population: usize,
     pub stalled: u64,
     pub finalists: usize,
@@ -137,8 +146,8 @@ impl Preset {
 
     pub fn shape(self, device: &str) -> PresetShape {
         match self.resolve(device) {
-            Preset::Quick => PresetShape { population: 16, stalled: 4, finalists: 4 },
-            _ => PresetShape { population: 32, stalled: 8, finalists: 8 },
+            Preset::Quick => PresetShape { seed_with: "ppl", population: 16, stalled: 4, finalists: 4 },
+            _ => PresetShape { seed_with: "sleb", population: 32, stalled: 8, finalists: 8 },
         }
     }
 
@@ -173,6 +182,11 @@ impl ExperimentArgs {
         self.finalists.unwrap_or(self.preset_shape().finalists)
     }
 
+    /// Baselines seeding the GA: --seed-with, else the preset's.
+    pub fn seed_with(&self) -> Vec<String> {
+        self.seed_with.clone().unwrap_or_else(|| vec![self.preset_shape().seed_with.to_string()])
+    }
+
     fn preset_shape(&self) -> PresetShape {
         self.preset.shape(&self.model.device)
     }
@@ -180,8 +194,9 @@ impl ExperimentArgs {
     /// The search settings in words, for the report's header.
     pub fn search_summary(&self) -> String {
         format!(
-            "preset {}: population {}, stop after {} stalled generations, {} finalists",
+            "preset {}: seeded by {}, population {}, stop after {} stalled generations, {} finalists",
             self.preset.name(&self.model.device),
+            self.seed_with().join(", "),
             self.population(),
             self.stalled(),
             self.finalists()
@@ -268,13 +283,16 @@ impl ExperimentArgs {
                 bail!("--screen-tokens {t} must be below --seqlen {}", self.seqlen);
             }
         }
-        if windows == self.calib_windows && self.screen_tokens.is_none() {
+        if self.screen_stride == 0 {
+            bail!("--screen-stride must be at least 1");
+        }
+        if windows == self.calib_windows && self.screen_tokens.is_none() && self.screen_stride == 1 {
             return Ok(None);
         }
         if self.finalists() == 0 {
             bail!("--finalists must be at least 1");
         }
-        Ok(Some(evop::Screening { windows, tokens: self.screen_tokens, position_stride: 1, finalists: self.finalists() }))
+        Ok(Some(evop::Screening { windows, tokens: self.screen_tokens, position_stride: self.screen_stride, finalists: self.finalists() }))
     }
 
     pub fn search_spec(&self) -> Result<SearchSpec> {
@@ -314,6 +332,8 @@ pub struct MethodRun {
     pub seed_removed: Vec<usize>,
     /// EvoP: the windows its seed was computed on.
     pub seed_windows: usize,
+    /// EvoP: the baselines that seeded it (`--seed-with`, comma-separated).
+    pub seed_method: String,
 }
 
 /// How a command runs one method: [`run_method`] in one process, or `mpi::run_method` across ranks.
@@ -343,13 +363,15 @@ pub fn run_method(
     let lm = setup.model.lm.clone();
     let windows = calib.token_windows();
     let start = Instant::now();
-    let (mut seed_seconds, mut seed_removed, mut seed_windows) = (0.0, Vec::new(), 0);
+    let (mut seed_seconds, mut seed_removed, mut seed_windows, mut seed_method) = (0.0, Vec::new(), 0, String::new());
     let (removed, counts, detail) = if method == "evop" {
         let mut spec = args.search_spec()?;
         let seeded = spec.screening.as_ref().map_or(windows.len(), |sc| sc.windows.min(windows.len()));
         let t = Instant::now();
-        spec.seed_with_baselines(&lm, &windows[..seeded], n, &args.seed_with)?;
+        let seed_with = args.seed_with();
+        spec.seed_with_baselines(&lm, &windows[..seeded], n, &seed_with)?;
         (seed_seconds, seed_windows) = (t.elapsed().as_secs_f64(), seeded);
+        seed_method = seed_with.join(",");
         seed_removed = spec.seed_masks.first().cloned().unwrap_or_default();
         let mut p = Pipeline::new(&setup.model, setup.split.calibration.clone())
             .remove(n)
@@ -391,6 +413,7 @@ pub fn run_method(
         seed_seconds,
         seed_removed,
         seed_windows,
+        seed_method,
     })
 }
 

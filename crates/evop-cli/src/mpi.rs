@@ -229,7 +229,7 @@ fn distributed_evop(
         // `SearchJob::run`'s screened search (a second, shorter fitness) is not mirrored here yet.
         bail!("screening is not supported by the distributed search: pass --screen-windows 0 (and no --screen-tokens) under mpirun");
     }
-    spec.seed_with_baselines(&lm, &windows, n, &args.seed_with)?;
+    spec.seed_with_baselines(&lm, &windows, n, &args.seed_with())?;
     let loss = args.loss_kind()?;
     let job = Job::Search { windows: windows.clone(), groups: calib.clusters.clone(), objective: args.objective, loss, batch_size: args.batch_size };
     bcast_json(world, Some(&job))?;
@@ -320,6 +320,7 @@ fn distributed_evop(
         seed_seconds: 0.0,
         seed_removed: Vec::new(),
         seed_windows: 0,
+        seed_method: String::new(),
     })
 }
 

@@ -53,9 +53,11 @@ pub struct Args {
 }
 
 /// SLEB given the wall time of EvoP's run `evop` (on SLEB's protocol: random windows of the
-/// same length), with the number of windows sized from the seconds EvoP's greedy seed (SLEB on
-/// `evop.seed_windows` windows) took; and, for free, that seed itself (SLEB's answer on EvoP's
-/// screening windows). Nothing when EvoP ran without a seed.
+/// same length), with the number of windows sized from SLEB's cost per window: measured by EvoP's
+/// seed when that was SLEB (SLEB on `evop.seed_windows` windows), derived from it when it was the
+/// one-shot ranking (whose evaluations are SLEB's first step: SLEB makes `sleb_candidates` /
+/// `ppl_candidates` as many), else timed on one window. Also, for free, EvoP's seed itself (that
+/// baseline's answer on EvoP's screening windows).
 fn sleb_at_equal_time(
     args: &Args,
     setup: &crate::experiment::Setup,
@@ -64,35 +66,63 @@ fn sleb_at_equal_time(
     n: usize,
     run_method: MethodRunner,
 ) -> Result<Vec<MethodRun>> {
-    if args.method != "evop" || evop.seed_seconds <= 0.0 || evop.seed_windows == 0 || evop.seed_removed.is_empty() {
+    if args.method != "evop" {
         return Ok(Vec::new());
     }
     let lm = &setup.model.lm;
-    let mut seed = evop.clone();
-    seed.method = format!("sleb on EvoP's {} screening tokens (EvoP's seed)", evop.seed_windows * args.exp.seqlen);
-    seed.removed = evop.seed_removed.clone();
-    seed.search_seconds = evop.seed_seconds;
-    seed.detail = serde_json::Value::Null;
-    // As many windows as SLEB reads in EvoP's seconds at the rate of EvoP's seed (rounded down:
-    // SLEB's time per window grows a little with the windows, so rounding to nearest overshot).
-    let per_window = evop.seed_seconds / evop.seed_windows as f64;
-    let windows = ((evop.search_seconds / per_window).floor() as usize).clamp(evop.seed_windows, 4096);
-    let spec = evop::CalibrationSpec { windows, seqlen: args.exp.seqlen, sampler: evop::SamplerKind::Random };
-    let random = evop::build_calibration(&setup.model, &setup.split.calibration, &spec, args.exp.seed)
-        .with_context(|| format!("drawing {windows} random windows for SLEB at EvoP's time"))?;
+    let l = lm.num_blocks();
+    let mut rows = Vec::new();
+    if !evop.seed_removed.is_empty() {
+        let mut seed = evop.clone();
+        seed.method = format!("{} on EvoP's {} screening tokens (EvoP's seed)", evop.seed_method, evop.seed_windows * args.exp.seqlen);
+        seed.removed = evop.seed_removed.clone();
+        seed.search_seconds = evop.seed_seconds;
+        seed.detail = serde_json::Value::Null;
+        rows.push(seed);
+    }
+    let draw = |windows: usize| -> Result<evop::data::CalibrationSet> {
+        let spec = evop::CalibrationSpec { windows, seqlen: args.exp.seqlen, sampler: evop::SamplerKind::Random };
+        evop::build_calibration(&setup.model, &setup.split.calibration, &spec, args.exp.seed)
+            .with_context(|| format!("drawing {windows} random windows for SLEB at EvoP's time"))
+    };
+    let seeded = evop.seed_seconds > 0.0 && evop.seed_windows > 0;
+    let per_window = match evop.seed_method.as_str() {
+        "sleb" if seeded => evop.seed_seconds / evop.seed_windows as f64,
+        "ppl" if seeded => evop.seed_seconds / evop.seed_windows as f64 * sleb_candidates(l, n) / ppl_candidates(l),
+        _ => {
+            let probe = draw(1)?;
+            let t = std::time::Instant::now();
+            run_method(&args.exp, setup, &probe, "sleb", n, None, None, None)?;
+            t.elapsed().as_secs_f64()
+        }
+    };
+    let windows = ((evop.search_seconds / per_window).floor() as usize).clamp(1, 4096);
+    let random = draw(windows)?;
     let mut equal = run_method(&args.exp, setup, &random, "sleb", n, None, None, None)?;
     equal.method = format!("sleb at EvoP's time ({} random tokens)", random.len() * args.exp.seqlen);
+    rows.push(equal);
     // The table's calibration NLL is on EvoP's calibration set for every row.
     let windows = calib.token_windows();
-    for r in [&mut seed, &mut equal] {
+    for r in &mut rows {
         r.calibration_nll = if r.removed == evop.removed {
             evop.calibration_nll
         } else {
-            let mask = BlockMask::from_removed(lm.num_blocks(), &r.removed)?;
+            let mask = BlockMask::from_removed(l, &r.removed)?;
             evop::model::perplexity::perplexity(lm.as_ref(), &windows, &mask, args.exp.batch_size)?.mean_nll
         };
     }
-    Ok(vec![seed, equal])
+    Ok(rows)
+}
+
+/// Candidates SLEB scores removing `n` of `l` blocks: at each step every alive block but the
+/// first and last alive, plus its dense pass.
+fn sleb_candidates(l: usize, n: usize) -> f64 {
+    1.0 + (0..n).map(|k| l.saturating_sub(k + 2) as f64).sum::<f64>()
+}
+
+/// Candidates of the one-shot ranking seeding EvoP (the ends protected), plus its dense pass.
+fn ppl_candidates(l: usize) -> f64 {
+    (l.saturating_sub(2) + 1) as f64
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -250,4 +280,28 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
     }
     println!("report, calibration set and plots in {}", args.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evop::baselines::Pruner;
+    use evop::model::{load, LoadOptions};
+
+    /// The candidate counts that size SLEB at EvoP's time are those SLEB and the one-shot seed
+    /// really evaluate.
+    #[test]
+    fn candidate_counts_match_the_baselines() {
+        let model = load(std::path::Path::new("synthetic:tiny"), &LoadOptions::default()).unwrap();
+        let l = model.lm.num_blocks();
+        let windows: Vec<Vec<u32>> = (0..2).map(|w| (0..8).map(|t| (w * 8 + t) as u32 % 50).collect()).collect();
+        for n in 1..=l.saturating_sub(3).min(3) {
+            let sleb = evop::baselines::Sleb::default().prune(&model.lm, &windows, n).unwrap();
+            assert_eq!(sleb.counts.candidates as f64, sleb_candidates(l, n), "sleb, n = {n} of {l}");
+            let spec = evop::SearchSpec::default();
+            let ppl = spec.seed_pruner("ppl", l).unwrap().prune(&model.lm, &windows, n).unwrap();
+            assert_eq!(ppl.counts.candidates as f64, ppl_candidates(l), "ppl, n = {n} of {l}");
+            assert!(!ppl.removed().contains(&0) && !ppl.removed().contains(&(l - 1)), "the seed keeps the ends");
+        }
+    }
 }
