@@ -16,8 +16,9 @@
 //!   screening on the first S windows (the greedy answer joins the initial population); the F
 //!   best distinct masks of the final population decided on all W windows. A suffix `:pP:sT`
 //!   changes the GA's shape: population P, stop after T stalled generations; `:ppl` seeds it with
-//!   the one-shot perplexity ranking instead of SLEB's greedy answer (e.g.
-//!   `mf:kl:4/16/4:p16:s4:ppl`, the `quick` preset of `evop prune`).
+//!   the one-shot perplexity ranking instead of SLEB's greedy answer; `:tN` computes the seed on
+//!   the first N tokens of each screening window (e.g. `mf:kl:4/16/4:p16:s4:t64`, the `quick`
+//!   preset of `evop prune`).
 //!
 //! ```text
 //! cargo run --release --example equal_compute -- --model smollm2-135m --ns 6,9,12 --seeds 0,1,2 \
@@ -114,11 +115,13 @@ struct GaShape {
     stalled: u64,
     /// `sleb` (greedy) or `ppl` (one-shot perplexity ranking).
     seed: &'static str,
+    /// Leading tokens of each screening window the seed reads (None: all).
+    seed_tokens: Option<usize>,
 }
 
 impl Default for GaShape {
     fn default() -> Self {
-        Self { population: 32, stalled: 8, seed: "sleb" }
+        Self { population: 32, stalled: 8, seed: "sleb", seed_tokens: None }
     }
 }
 
@@ -134,6 +137,7 @@ impl GaShape {
             match (p.get(..1), p.get(1..).and_then(|v| v.parse::<u64>().ok())) {
                 (Some("p"), Some(v)) if v >= 2 => shape.population = v as usize,
                 (Some("s"), Some(v)) if v >= 1 => shape.stalled = v,
+                (Some("t"), Some(v)) if v >= 2 => shape.seed_tokens = Some(v as usize),
                 _ => return None,
             }
         }
@@ -149,6 +153,9 @@ impl GaShape {
         }
         if self.seed != d.seed {
             s += &format!(":{}", self.seed);
+        }
+        if let Some(t) = self.seed_tokens {
+            s += &format!(":t{t}");
         }
         s
     }
@@ -413,7 +420,9 @@ fn main() -> Result<()> {
                 let (spec, loss, extra_forwards) = match config {
                     EvopConfig::Ga { loss, .. } => (ga, *loss, 0),
                     EvopConfig::MultiFidelity { loss, screen, finalists, shape, .. } => {
-                        let seeder = ga.seed_pruner(shape.seed, l)?.prune(&lm, &windows[..*screen], n)?;
+                        let seed_data: Vec<Vec<u32>> =
+                            windows[..*screen].iter().map(|w| w[..shape.seed_tokens.unwrap_or(w.len()).min(w.len())].to_vec()).collect();
+                        let seeder = ga.seed_pruner(shape.seed, l)?.prune(&lm, &seed_data, n)?;
                         let (seed_mask, seed_forwards) = (seeder.removed(), seeder.counts.block_forwards);
                         let screening = Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists };
                         let ga = SearchSpec { population: shape.population, stalled: Some(shape.stalled), ..ga };

@@ -90,6 +90,9 @@ pub fn experiment(exp: &ExperimentArgs) -> Result<()> {
             bail!("--clusters {k}: more clusters than the --pool {} windows clustered", exp.pool);
         }
     }
+    if exp.seed_tokens.is_some_and(|t| t < 2) {
+        bail!("--seed-tokens {}: a window needs at least 2 tokens", exp.seed_tokens.unwrap_or(0));
+    }
     for name in &exp.seed_with() {
         seed_method(name)?;
     }

@@ -99,6 +99,10 @@ pub struct ExperimentArgs {
     /// `full`, `ppl`, the one-shot ranking, for `quick`).
     #[arg(long, value_delimiter = ',')]
     pub seed_with: Option<Vec<String>>,
+    /// Compute the --seed-with answers on the first N tokens of each screening window (cheaper,
+    /// approximate); default: whole windows.
+    #[arg(long, value_name = "N")]
+    pub seed_tokens: Option<usize>,
     /// Evaluation windows of the evaluation split (the first ones; 0 = all).
     #[arg(long, default_value_t = 24)]
     pub eval_windows: usize,
@@ -187,6 +191,11 @@ impl ExperimentArgs {
         self.seed_with.clone().unwrap_or_else(|| vec![self.preset_shape().seed_with.to_string()])
     }
 
+    /// Tokens of each screening window the seed reads: --seed-tokens, at most --seqlen.
+    pub fn seed_tokens(&self) -> usize {
+        self.seed_tokens.unwrap_or(self.seqlen).min(self.seqlen)
+    }
+
     fn preset_shape(&self) -> PresetShape {
         self.preset.shape(&self.model.device)
     }
@@ -194,9 +203,10 @@ impl ExperimentArgs {
     /// The search settings in words, for the report's header.
     pub fn search_summary(&self) -> String {
         format!(
-            "preset {}: seeded by {}, population {}, stop after {} stalled generations, {} finalists",
+            "preset {}: seeded by {} on {} tokens per screening window, population {}, stop after {} stalled generations, {} finalists",
             self.preset.name(&self.model.device),
             self.seed_with().join(", "),
+            self.seed_tokens(),
             self.population(),
             self.stalled(),
             self.finalists()
@@ -332,8 +342,10 @@ pub struct MethodRun {
     pub seed_removed: Vec<usize>,
     /// EvoP: the windows its seed was computed on.
     pub seed_windows: usize,
-    /// EvoP: the baselines that seeded it (`--seed-with`, comma-separated).
+    /// EvoP: the baselines that seeded it (`--seed-with`, comma-separated), and the tokens of
+    /// each window they read.
     pub seed_method: String,
+    pub seed_tokens: usize,
 }
 
 /// How a command runs one method: [`run_method`] in one process, or `mpi::run_method` across ranks.
@@ -363,14 +375,15 @@ pub fn run_method(
     let lm = setup.model.lm.clone();
     let windows = calib.token_windows();
     let start = Instant::now();
-    let (mut seed_seconds, mut seed_removed, mut seed_windows, mut seed_method) = (0.0, Vec::new(), 0, String::new());
+    let (mut seed_seconds, mut seed_removed, mut seed_windows, mut seed_method, mut seed_tokens) = (0.0, Vec::new(), 0, String::new(), 0);
     let (removed, counts, detail) = if method == "evop" {
         let mut spec = args.search_spec()?;
         let seeded = spec.screening.as_ref().map_or(windows.len(), |sc| sc.windows.min(windows.len()));
         let t = Instant::now();
         let seed_with = args.seed_with();
-        spec.seed_with_baselines(&lm, &windows[..seeded], n, &seed_with)?;
-        (seed_seconds, seed_windows) = (t.elapsed().as_secs_f64(), seeded);
+        let seed_data: Vec<Vec<u32>> = windows[..seeded].iter().map(|w| w[..args.seed_tokens().min(w.len())].to_vec()).collect();
+        spec.seed_with_baselines(&lm, &seed_data, n, &seed_with)?;
+        (seed_seconds, seed_windows, seed_tokens) = (t.elapsed().as_secs_f64(), seeded, args.seed_tokens());
         seed_method = seed_with.join(",");
         seed_removed = spec.seed_masks.first().cloned().unwrap_or_default();
         let mut p = Pipeline::new(&setup.model, setup.split.calibration.clone())
@@ -414,6 +427,7 @@ pub fn run_method(
         seed_removed,
         seed_windows,
         seed_method,
+        seed_tokens,
     })
 }
 

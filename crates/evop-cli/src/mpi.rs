@@ -321,6 +321,7 @@ fn distributed_evop(
         seed_removed: Vec::new(),
         seed_windows: 0,
         seed_method: String::new(),
+        seed_tokens: 0,
     })
 }
 

@@ -74,7 +74,7 @@ fn sleb_at_equal_time(
     let mut rows = Vec::new();
     if !evop.seed_removed.is_empty() {
         let mut seed = evop.clone();
-        seed.method = format!("{} on EvoP's {} screening tokens (EvoP's seed)", evop.seed_method, evop.seed_windows * args.exp.seqlen);
+        seed.method = format!("{} on EvoP's {} screening tokens (EvoP's seed)", evop.seed_method, evop.seed_windows * evop.seed_tokens);
         seed.removed = evop.seed_removed.clone();
         seed.search_seconds = evop.seed_seconds;
         seed.detail = serde_json::Value::Null;
@@ -85,10 +85,13 @@ fn sleb_at_equal_time(
         evop::build_calibration(&setup.model, &setup.split.calibration, &spec, args.exp.seed)
             .with_context(|| format!("drawing {windows} random windows for SLEB at EvoP's time"))
     };
-    let seeded = evop.seed_seconds > 0.0 && evop.seed_windows > 0;
+    let seeded = evop.seed_seconds > 0.0 && evop.seed_windows > 0 && evop.seed_tokens > 0;
+    // The seed's seconds per window, scaled to whole windows (a forward's time is close to linear
+    // in the tokens at these lengths).
+    let seed_per_window = evop.seed_seconds / evop.seed_windows as f64 * args.exp.seqlen as f64 / evop.seed_tokens.max(1) as f64;
     let per_window = match evop.seed_method.as_str() {
-        "sleb" if seeded => evop.seed_seconds / evop.seed_windows as f64,
-        "ppl" if seeded => evop.seed_seconds / evop.seed_windows as f64 * sleb_candidates(l, n) / ppl_candidates(l),
+        "sleb" if seeded => seed_per_window,
+        "ppl" if seeded => seed_per_window * sleb_candidates(l, n) / ppl_candidates(l),
         _ => {
             let probe = draw(1)?;
             let t = std::time::Instant::now();
@@ -96,7 +99,7 @@ fn sleb_at_equal_time(
             t.elapsed().as_secs_f64()
         }
     };
-    let windows = ((evop.search_seconds / per_window).floor() as usize).clamp(1, 4096);
+    let windows = ((evop.search_seconds / per_window).round() as usize).clamp(1, 4096);
     let random = draw(windows)?;
     let mut equal = run_method(&args.exp, setup, &random, "sleb", n, None, None, None)?;
     equal.method = format!("sleb at EvoP's time ({} random tokens)", random.len() * args.exp.seqlen);
