@@ -172,7 +172,7 @@ fn main() -> Result<()> {
     }
     let loss = loss_kind(&a)?;
     let batches = windows.len().div_ceil(a.batch_size) as f64;
-    let cache_budget = a.cache_mib.map_or(evop::model::calibration::DEFAULT_CACHE_BUDGET, |m| m << 20);
+    let cache_budget = a.cache_mib.map(|m| m << 20);
     let paths = [
         ("naive", EvaluatorOptions { loss, ..EvaluatorOptions::naive(a.batch_size) }),
         ("per-call", EvaluatorOptions { loss, ..EvaluatorOptions::per_call(a.batch_size) }),

@@ -62,6 +62,9 @@ struct Args {
     batch_size: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Byte budget of the evaluator's persistent prefix cache, MiB (default: the evaluator's).
+    #[arg(long)]
+    cache_mib: Option<usize>,
     /// Folder for the EvoP run's checkpoint (its evaluated masks).
     #[arg(long)]
     masks_out: Option<PathBuf>,
@@ -88,13 +91,23 @@ fn main() -> Result<()> {
     let vocab = lm.info().vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let windows: Vec<Vec<u32>> = (0..a.windows).map(|_| (0..a.seqlen).map(|_| rng.random_range(0..vocab)).collect()).collect();
+    // Warm-up, not timed (the PyTorch loop does the same): the first forward loads and JIT-compiles
+    // the GPU kernels.
+    let t = Instant::now();
+    let warm = evop::model::CalibrationEvaluator::new(lm.clone(), &windows[..a.batch_size.min(windows.len())], EvaluatorOptions::naive(a.batch_size))?;
+    warm.window_losses(&evop::model::BlockMask::dense(lm.num_blocks()))?;
+    drop(warm);
+    eprintln!("warm-up (one dense forward and loss): {:.2}s", t.elapsed().as_secs_f64());
+    let cache_budget = a.cache_mib.map(|m| m << 20);
     for method in &a.methods {
         for path in &a.paths {
             let evaluator = match path.as_str() {
-                "reuse" => EvaluatorOptions { batch_size: a.batch_size, loss, ..Default::default() },
+                "reuse" => EvaluatorOptions { batch_size: a.batch_size, loss, cache_budget, ..Default::default() },
                 "naive" => EvaluatorOptions { loss, ..EvaluatorOptions::naive(a.batch_size) },
                 other => bail!("--paths {other}: expected reuse or naive"),
             };
+            // The budget as resolved now (an evaluator resolves `None` when it is created).
+            let budget_mib = if path == "reuse" { cache_budget.unwrap_or_else(|| evop::model::default_cache_budget(&lm.info().device)) >> 20 } else { 0 };
             let t = Instant::now();
             let (removed, counts) = match method.as_str() {
                 "sleb" => {
@@ -123,7 +136,7 @@ fn main() -> Result<()> {
             let seconds = t.elapsed().as_secs_f64();
             let rate = counts.candidates as f64 / seconds;
             println!(
-                "{method} {path}: {} candidates in {seconds:.2} s = {rate:.2} evaluations/s ({} block, {} head forwards), removed {removed:?}",
+                "{method} {path}: {} candidates in {seconds:.2} s = {rate:.2} evaluations/s ({} block, {} head forwards, cache {budget_mib} MiB), removed {removed:?}",
                 counts.candidates, counts.block_forwards, counts.head_forwards
             );
             if let Some(p) = &a.json {
@@ -131,7 +144,7 @@ fn main() -> Result<()> {
                     "model": a.model, "device": a.device, "dtype": a.dtype, "windows": a.windows, "seqlen": a.seqlen,
                     "n": a.n, "loss": a.loss, "method": method, "path": path, "candidates": counts.candidates,
                     "block_forwards": counts.block_forwards, "head_forwards": counts.head_forwards,
-                    "seconds": seconds, "evaluations_per_s": rate, "removed": removed,
+                    "seconds": seconds, "cache_mib": budget_mib, "evaluations_per_s": rate, "removed": removed,
                 });
                 let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?;
                 writeln!(f, "{row}")?;

@@ -3,9 +3,15 @@
 # loop"): evop's examples/search_rate (built here by `scripts/build_cuda.sh --example search_rate`,
 # packed as .cache/gpubin/search_rate.xz) against scripts/torch_search_loop.py, on the same model
 # shape, calibration shape, masks and GPU: SLEB's greedy steps and an EvoP GA run (whose evaluated
-# masks the PyTorch loop then scores).
+# masks the PyTorch loop then scores). For SLEB, evop's naive path (a full forward per candidate,
+# nothing reused) is timed too: evop's kernels against PyTorch's, without reuse.
 #
 #   scripts/gpu_search_rate.sh [MODEL] [WINDOWSxSEQLEN...]   # default synthetic:llama2-7b 8x512 32x128
+#
+# MODEL is a synthetic shape (`synthetic:llama2-7b`) or a GGUF file; for a GGUF file set
+# TORCH_SYNTHETIC to the PyTorch loop's random-weight model of the same shape (its time does not
+# depend on the weights), e.g. TORCH_SYNTHETIC=qwen2.5-coder-1.5b. EXTRA passes more arguments to
+# search_rate (e.g. EXTRA="--cache-mib 1024").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/rate}"
@@ -18,15 +24,17 @@ bin=/tmp/search_rate
 [ -x "$bin" ] || { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' .cache/gpubin/search_rate.xz "$bin"; chmod +x "$bin"; }
 case "$model" in
   synthetic:*) torch_model=(--synthetic "${model#synthetic:}") ;;
-  *) torch_model=(--model "$model") ;;
+  *) torch_model=(--synthetic "${TORCH_SYNTHETIC:?set TORCH_SYNTHETIC for a GGUF model}") ;;
 esac
 nvidia-smi -L
 for shape in "${shapes[@]}"; do
   w="${shape%x*}"; s="${shape#*x}"
-  "$bin" --model "$model" --device cuda --dtype bf16 --windows "$w" --seqlen "$s" --n 6 --methods sleb,evop \
-    --paths reuse --generations 6 --masks-out "$OUT/m$shape" --json "$OUT/evop-rate.jsonl"
+  common=(--model "$model" --device cuda --dtype bf16 --windows "$w" --seqlen "$s" --n 6 --generations 6)
+  rm -rf "$OUT/m$shape"
+  "$bin" "${common[@]}" --methods sleb,evop --masks-out "$OUT/m$shape" --json "$OUT/evop-rate.jsonl" ${EXTRA:-}
+  "$bin" "${common[@]}" --methods sleb --paths naive --json "$OUT/evop-rate.jsonl"
   PYTHONUNBUFFERED=1 python3 scripts/torch_search_loop.py "${torch_model[@]}" --windows "$w" --seqlen "$s" --batch 8 \
-    --stream sleb:6 --loss nll --json "$OUT/torch-sleb-$shape.json" | tail -3
+    --stream sleb:6 --loss nll --json "$OUT/torch-sleb-$shape.json" | grep '"evaluations_per_s'
   PYTHONUNBUFFERED=1 python3 scripts/torch_search_loop.py "${torch_model[@]}" --windows "$w" --seqlen "$s" --batch 8 \
-    --masks "$OUT/m$shape/evop-checkpoint.json" --loss nll --json "$OUT/torch-evop-$shape.json" | tail -3
+    --masks "$OUT/m$shape/evop-checkpoint.json" --loss nll --json "$OUT/torch-evop-$shape.json" | grep '"evaluations_per_s'
 done

@@ -12,7 +12,7 @@ Candidate streams:
                            evaluated), or JSON lines / a JSON list of {"removed": [...]} or [...]
 
 Models: --model DIR (a Hugging Face directory, e.g. written by examples/save_pruned) or
---synthetic llama2-7b (random weights of the Llama-2-7B shape, seed 0).
+--synthetic NAME (random weights of a real shape, seed 0: llama2-7b, qwen2.5-coder-1.5b).
 
     python3 scripts/torch_search_loop.py --synthetic llama2-7b --windows 8 --seqlen 512 \
         --stream sleb:6 --loss nll --json out/torch_sleb.json
@@ -29,21 +29,34 @@ import sys
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
+# Random-weight models of real shapes (the forward's time does not depend on the weights): the
+# Llama-2-7B shape, and Qwen2.5-Coder-1.5B's (q/k/v biases, grouped-query attention, tied
+# 151,936-token head) for timing against evop on the real GGUF.
+SYNTHETIC = {
+    "llama2-7b": (LlamaConfig, dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                    num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                                    rms_norm_eps=1e-5, tie_word_embeddings=False)),
+    "qwen2.5-coder-1.5b": (Qwen2Config, dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                                             num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                                             max_position_embeddings=32768, rms_norm_eps=1e-6,
+                                             tie_word_embeddings=True)),
+}
+
+
 def synthetic(name, dtype, device):
-    if name != "llama2-7b":
-        sys.exit(f"unknown synthetic model `{name}` (known: llama2-7b)")
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                      rms_norm_eps=1e-5, tie_word_embeddings=False)
+    if name not in SYNTHETIC:
+        sys.exit(f"unknown synthetic model `{name}` (known: {', '.join(SYNTHETIC)})")
+    config_class, fields = SYNTHETIC[name]
+    cfg = config_class(**fields)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device(device):
-        return LlamaForCausalLM(cfg).to(dtype).eval()
+        return AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
 
 
 def read_masks(path, num_layers):

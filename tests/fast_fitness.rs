@@ -76,7 +76,7 @@ fn settings() -> Vec<(&'static str, EvaluatorOptions)> {
         ("naive", EvaluatorOptions::naive(4)),
         ("per-call", EvaluatorOptions::per_call(4)),
         ("reuse", EvaluatorOptions { batch_size: 4, ..Default::default() }),
-        ("tight budget", EvaluatorOptions { batch_size: 4, cache_budget: 10 * state, ..Default::default() }),
+        ("tight budget", EvaluatorOptions { batch_size: 4, cache_budget: Some(10 * state), ..Default::default() }),
     ]
 }
 

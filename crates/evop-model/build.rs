@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["masked_softmax", "flash_attention", "block_ops"];
+const KERNELS: &[&str] = &["masked_softmax", "flash_attention", "block_ops", "token_nll"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -40,6 +40,16 @@ pub fn allow_tf32(on: bool) {
     candle_core::cuda::set_gemm_reduced_precision_f32(on);
 }
 
+/// Free memory of a CUDA device in bytes, `None` on other devices (or if the driver does not say).
+pub fn free_device_memory(device: &Device) -> Option<usize> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return d.cuda_stream().context().mem_get_info().ok().map(|(free, _total)| free);
+    }
+    let _ = device;
+    None
+}
+
 /// Parses a dtype name: `f32`, `f16`, `bf16`.
 pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
     match name {

@@ -38,7 +38,8 @@ pub use arch::{
     forward, forward_cached, forward_masked, hidden_states, run_blocks, Architecture, AttnContext, BlockLm, KvCache,
     LayerCache, ModelInfo,
 };
-pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts, LossKind};
+pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts, LossKind, DEFAULT_CACHE_BUDGET};
+pub use calibration::default_cache_budget;
 pub use device::{parse_device, parse_dtype};
 pub use error::{ModelError, Result};
 pub use io::load::{load, load_placed, LoadOptions, LoadedModel};

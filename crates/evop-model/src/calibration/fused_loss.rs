@@ -70,13 +70,19 @@ pub(crate) fn window_mean_nll(lm: &dyn BlockLm, h: &Tensor, targets: &[Vec<u32>]
         let rows: Vec<f64> = stats.iter().map(RowStats::nll).collect();
         return Ok(rows.chunks(n).map(|r| r.iter().sum::<f64>() / n as f64).collect());
     }
-    // Tensor-operation path (GPU): log-sum-exp minus the target logit.
-    let logits = lm.lm_head(&normed)?.to_dtype(DType::F32)?;
-    let tgt = Tensor::from_vec(flat, (b, n, 1), logits.device())?;
-    let lse = logits.log_sum_exp(D::Minus1)?;
-    let picked = logits.gather(&tgt, 2)?.squeeze(2)?;
-    let nll = (lse - picked)?.reshape((b, n))?.to_dtype(DType::F64)?.mean(1)?;
-    Ok(nll.to_vec1::<f64>()?)
+    let logits = lm.lm_head(&normed)?;
+    let nll = if logits.device().is_cuda() {
+        // CUDA: one pass over the logits in their own dtype (kernels::token_nll).
+        let v = logits.dim(D::Minus1)?;
+        let tgt = Tensor::from_vec(flat, b * n, logits.device())?;
+        crate::kernels::token_nll(&logits.reshape((b * n, v))?, &tgt)?
+    } else {
+        // Tensor operations (Metal): log-sum-exp minus the target logit.
+        let logits = logits.to_dtype(DType::F32)?;
+        let tgt = Tensor::from_vec(flat, (b, n, 1), logits.device())?;
+        (logits.log_sum_exp(D::Minus1)? - logits.gather(&tgt, 2)?.squeeze(2)?)?
+    };
+    Ok(nll.reshape((b, n))?.to_dtype(DType::F64)?.mean(1)?.to_vec1::<f64>()?)
 }
 
 /// `h` `(b, s, hidden)` at the predicted positions, contiguous.

@@ -63,8 +63,25 @@ pub enum LossKind {
     KlToDense,
 }
 
-/// Default byte budget of the persistent prefix cache: 1 GiB.
+/// Default byte budget of the persistent prefix cache on the CPU (and Metal): 1 GiB.
 pub const DEFAULT_CACHE_BUDGET: usize = 1 << 30;
+
+/// Upper bound of the default budget on CUDA ([`default_cache_budget`]).
+pub const MAX_DEFAULT_CUDA_CACHE_BUDGET: usize = 16 << 30;
+
+/// The persistent prefix cache's budget when [`EvaluatorOptions::cache_budget`] is `None`:
+/// [`DEFAULT_CACHE_BUDGET`] on the CPU; on CUDA a quarter of the device's free memory when the
+/// evaluator is created, at least [`DEFAULT_CACHE_BUDGET`] and at most
+/// [`MAX_DEFAULT_CUDA_CACHE_BUDGET`]. A GPU holds few states at 1 GiB (Llama-2-7B at 8 x 512
+/// tokens in bf16: 32 MiB each), and SLEB's next step reuses the chosen candidate's states only if
+/// they are still cached: on one H200, 16 GiB took SLEB from 2,396 to 1,918 block forwards and
+/// 19.8 to 24.1 evaluations/s (docs/gpu.md, "Search throughput against the PyTorch loop").
+pub fn default_cache_budget(device: &candle_core::Device) -> usize {
+    match crate::device::free_device_memory(device) {
+        Some(free) => (free / 4).clamp(DEFAULT_CACHE_BUDGET, MAX_DEFAULT_CUDA_CACHE_BUDGET),
+        None => DEFAULT_CACHE_BUDGET,
+    }
+}
 
 /// Settings of a [`CalibrationEvaluator`].
 #[derive(Clone, Debug)]
@@ -77,9 +94,10 @@ pub struct EvaluatorOptions {
     /// Evaluate a set of candidates as a prefix tree. Default true.
     pub prefix_sharing: bool,
     /// Bytes of block-boundary states kept across calls (the persistent prefix cache; needs
-    /// `prefix_sharing`); 0 keeps nothing between calls. Default [`DEFAULT_CACHE_BUDGET`]. The
-    /// dense states of `dense_cache` are not counted in it.
-    pub cache_budget: usize,
+    /// `prefix_sharing`); `Some(0)` keeps nothing between calls. Default `None`: sized for the
+    /// model's device by [`default_cache_budget`] ([`CalibrationEvaluator::cache_budget`] tells
+    /// the result). The dense states of `dense_cache` are not counted in it.
+    pub cache_budget: Option<usize>,
     /// Store cached states in this dtype (`BF16`/`F16` halve the memory but make results
     /// inexact); `None` (default) stores them as computed.
     pub cache_dtype: Option<DType>,
@@ -99,7 +117,7 @@ impl Default for EvaluatorOptions {
             batch_size: 8,
             dense_cache: true,
             prefix_sharing: true,
-            cache_budget: DEFAULT_CACHE_BUDGET,
+            cache_budget: None,
             cache_dtype: None,
             stacking: true,
             loss: LossKind::Nll,
@@ -115,7 +133,7 @@ impl EvaluatorOptions {
             batch_size,
             dense_cache: false,
             prefix_sharing: false,
-            cache_budget: 0,
+            cache_budget: Some(0),
             cache_dtype: None,
             stacking: false,
             loss: LossKind::Nll,
@@ -126,7 +144,7 @@ impl EvaluatorOptions {
     /// Reuse within one call only, as before the persistent cache and stacking: dense boundary
     /// states and a per-call prefix tree.
     pub fn per_call(batch_size: usize) -> Self {
-        Self { batch_size, cache_budget: 0, stacking: false, ..Self::default() }
+        Self { batch_size, cache_budget: Some(0), stacking: false, ..Self::default() }
     }
 }
 
@@ -188,7 +206,8 @@ impl CalibrationEvaluator {
             let targets = chunk.iter().map(|w| positions.list.iter().map(|&p| w[p as usize + 1]).collect()).collect();
             batches.push(Batch { ids, ctx, windows: chunk.len(), positions, targets, dense: None });
         }
-        let cache = Mutex::new(PrefixCache::new(options.cache_budget, options.cache_dtype));
+        let budget = options.cache_budget.unwrap_or_else(|| default_cache_budget(&lm.info().device));
+        let cache = Mutex::new(PrefixCache::new(budget, options.cache_dtype));
         let me = Self {
             lm,
             batches,
@@ -266,6 +285,11 @@ impl CalibrationEvaluator {
     /// The settings.
     pub fn options(&self) -> &EvaluatorOptions {
         &self.options
+    }
+
+    /// Byte budget of the persistent prefix cache (the resolved [`EvaluatorOptions::cache_budget`]).
+    pub fn cache_budget(&self) -> usize {
+        self.cache.lock().expect("prefix cache poisoned").budget()
     }
 
     /// Number of calibration windows.
@@ -617,7 +641,7 @@ mod tests {
         let state_bytes = 4 * 10 * 32 * 4; // a 4-window batch's state
         let variants = [
             ("default", EvaluatorOptions { batch_size: 4, ..Default::default() }),
-            ("tight budget", EvaluatorOptions { batch_size: 4, cache_budget: 6 * state_bytes, ..Default::default() }),
+            ("tight budget", EvaluatorOptions { batch_size: 4, cache_budget: Some(6 * state_bytes), ..Default::default() }),
             ("no stacking", EvaluatorOptions { batch_size: 4, stacking: false, ..Default::default() }),
             ("no dense cache", EvaluatorOptions { batch_size: 4, dense_cache: false, ..Default::default() }),
             ("per call", EvaluatorOptions::per_call(4)),

@@ -180,6 +180,11 @@ impl PrefixCache {
         Ok(true)
     }
 
+    /// The byte budget.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
     /// Keeps `state` for `key` outside the budget until the cache is dropped (stored as computed).
     pub fn pin(&mut self, batch: usize, key: &KeptSet, state: &Tensor) {
         let k = (batch, key.clone());

@@ -21,7 +21,9 @@ use std::sync::Arc;
 pub const PATH_PREFIX: &str = "synthetic:";
 
 /// The shapes known by name.
-pub const NAMES: [&str; 3] = ["llama2-7b", "smollm2-135m", "tiny"];
+/// `tiny-32` has the Llama-2-7B depth (32 blocks) at the `tiny` width: a search's candidate stream and
+/// reuse counts on the CPU in seconds.
+pub const NAMES: [&str; 4] = ["llama2-7b", "smollm2-135m", "tiny", "tiny-32"];
 
 /// The configuration of a named synthetic shape.
 pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
@@ -45,6 +47,7 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
         "llama2-7b" => Ok(base(32_000, 4096, 11_008, 32, 32, None, false)),
         "smollm2-135m" => Ok(base(49_152, 576, 1536, 30, 9, Some(3), true)),
         "tiny" => Ok(base(256, 64, 128, 6, 4, Some(2), false)),
+        "tiny-32" => Ok(base(256, 64, 128, 32, 4, Some(2), false)),
         other => Err(ModelError::Config {
             path: PathBuf::from(format!("{PATH_PREFIX}{other}")),
             message: format!("unknown synthetic model `{other}` (known: {})", NAMES.join(", ")),

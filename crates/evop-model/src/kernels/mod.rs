@@ -6,6 +6,7 @@
 //!   CUDA ([`flash_attention`]) or the fused masked softmax ([`masked_softmax`]);
 //! - [`elementwise`]: SwiGLU gating and residual adds (CPU: vectorised; CUDA: [`block_ops`]);
 //! - [`rotary`], [`linear`]: position tables and the projection layer;
+//! - [`token_nll`]: the next-token loss of rows of logits in one pass (CUDA kernel);
 //! - [`math`]: the vectorisable `exp` the CPU kernels use.
 //!
 //! Shapes follow the Hugging Face modelling code: hidden states are `(batch, seq, hidden)`,
@@ -24,6 +25,7 @@ pub mod reference;
 pub mod rotary;
 #[cfg(test)]
 mod test_util;
+pub mod token_nll;
 
 pub use attention::{
     attention, attention_fused_softmax, causal_attention, split_heads, split_heads_contiguous, AttnContext,
@@ -32,6 +34,7 @@ pub use elementwise::{add, silu_mul};
 pub use linear::Linear;
 pub use reference::{attention_reference, causal_mask, needs_mask, repeat_kv};
 pub use rotary::RotaryTable;
+pub use token_nll::token_nll;
 
 /// candle-nn's RMSNorm, SiLU and softmax ops as the model runs them, re-exported for measurement
 /// harnesses (examples and benches have no direct candle-nn dependency).
