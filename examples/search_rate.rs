@@ -5,7 +5,11 @@
 //!
 //! Paths: `reuse` (the evaluator's defaults: dense boundary states, persistent prefix cache,
 //! stacking) and `naive` (a full masked forward per candidate, what a plain loop does). Counts are
-//! distinct candidates evaluated (the search's memo answers repeats on both paths).
+//! distinct candidates evaluated (the search's memo answers repeats on both paths). One untimed
+//! warm-up forward runs first (on a GPU the first forward JIT-compiles the kernels), as the
+//! PyTorch loop does. `--cache-mib` overrides the prefix cache's budget (default: sized for the
+//! device, `evop::model::default_cache_budget`). docs/gpu.md, "Search throughput against the
+//! PyTorch loop", has the figures.
 //!
 //! `--masks-out DIR` writes `DIR/evop-checkpoint.json` (every mask the EvoP run evaluated), the
 //! candidate stream `scripts/torch_search_loop.py --masks` scores with the PyTorch loop on the same
