@@ -69,6 +69,9 @@ struct Args {
     /// Byte budget of the evaluator's persistent prefix cache, MiB (default: the evaluator's).
     #[arg(long)]
     cache_mib: Option<usize>,
+    /// Tokens a stacked block forward may reach (0: no more than --batch-size windows).
+    #[arg(long, default_value_t = evop::model::calibration::DEFAULT_STACK_TOKENS)]
+    stack_tokens: usize,
     /// Folder for the EvoP run's checkpoint (its evaluated masks).
     #[arg(long)]
     masks_out: Option<PathBuf>,
@@ -106,7 +109,7 @@ fn main() -> Result<()> {
     for method in &a.methods {
         for path in &a.paths {
             let evaluator = match path.as_str() {
-                "reuse" => EvaluatorOptions { batch_size: a.batch_size, loss, cache_budget, ..Default::default() },
+                "reuse" => EvaluatorOptions { batch_size: a.batch_size, loss, cache_budget, stack_tokens: a.stack_tokens, ..Default::default() },
                 "naive" => EvaluatorOptions { loss, ..EvaluatorOptions::naive(a.batch_size) },
                 other => bail!("--paths {other}: expected reuse or naive"),
             };
@@ -148,7 +151,7 @@ fn main() -> Result<()> {
                     "model": a.model, "device": a.device, "dtype": a.dtype, "windows": a.windows, "seqlen": a.seqlen,
                     "n": a.n, "loss": a.loss, "method": method, "path": path, "candidates": counts.candidates,
                     "block_forwards": counts.block_forwards, "head_forwards": counts.head_forwards,
-                    "seconds": seconds, "cache_mib": budget_mib, "evaluations_per_s": rate, "removed": removed,
+                    "seconds": seconds, "cache_mib": budget_mib, "stack_tokens": a.stack_tokens, "evaluations_per_s": rate, "removed": removed,
                 });
                 let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?;
                 writeln!(f, "{row}")?;

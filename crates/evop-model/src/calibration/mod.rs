@@ -83,6 +83,12 @@ pub fn default_cache_budget(device: &candle_core::Device) -> usize {
     }
 }
 
+/// Default [`EvaluatorOptions::stack_tokens`]: 512. On 2 vCPUs (SmolLM2 shape, f32, batches of
+/// 2 windows x 32 tokens) stacking to 512 tokens took SLEB from 1.66-1.71 to 2.20-2.26
+/// evaluations/s and an EvoP run from 1.75-1.93 to 2.36-2.37; at 4 x 64-token batches it made no
+/// difference (docs/performance.md, "Stacking small batches").
+pub const DEFAULT_STACK_TOKENS: usize = 512;
+
 /// Settings of a [`CalibrationEvaluator`].
 #[derive(Clone, Debug)]
 pub struct EvaluatorOptions {
@@ -102,8 +108,13 @@ pub struct EvaluatorOptions {
     /// inexact); `None` (default) stores them as computed.
     pub cache_dtype: Option<DType>,
     /// Stack the states of tree nodes that need the same block into one forward batch of up to
-    /// `batch_size` windows (needs `prefix_sharing`). Default true.
+    /// `batch_size` windows, or up to `stack_tokens` tokens if that is more (needs
+    /// `prefix_sharing`). Default true.
     pub stacking: bool,
+    /// Tokens one stacked block forward may reach beyond `batch_size` windows: small calibration
+    /// batches are stacked until their block forward has this many tokens. Default
+    /// [`DEFAULT_STACK_TOKENS`]; 0 stacks no more than `batch_size` windows.
+    pub stack_tokens: usize,
     /// The per-window loss. Default [`LossKind::Nll`].
     pub loss: LossKind,
     /// Loss over every `position_stride`-th predicted position only, ending at the last one
@@ -120,6 +131,7 @@ impl Default for EvaluatorOptions {
             cache_budget: None,
             cache_dtype: None,
             stacking: true,
+            stack_tokens: DEFAULT_STACK_TOKENS,
             loss: LossKind::Nll,
             position_stride: 1,
         }
@@ -136,6 +148,7 @@ impl EvaluatorOptions {
             cache_budget: Some(0),
             cache_dtype: None,
             stacking: false,
+            stack_tokens: 0,
             loss: LossKind::Nll,
             position_stride: 1,
         }
@@ -423,7 +436,12 @@ impl CalibrationEvaluator {
                 }
             }
         }
-        let per_call = if self.options.stacking { (self.options.batch_size / batch.windows).max(1) } else { 1 };
+        let per_call = if self.options.stacking {
+            let tokens = batch.windows * batch.ctx.seq_len.max(1);
+            (self.options.batch_size / batch.windows).max(self.options.stack_tokens / tokens).max(1)
+        } else {
+            1
+        };
         for (j, group) in by_block.iter().enumerate() {
             for chunk in group.chunks(per_call) {
                 let inputs: Vec<Tensor> =
@@ -643,6 +661,7 @@ mod tests {
             ("default", EvaluatorOptions { batch_size: 4, ..Default::default() }),
             ("tight budget", EvaluatorOptions { batch_size: 4, cache_budget: Some(6 * state_bytes), ..Default::default() }),
             ("no stacking", EvaluatorOptions { batch_size: 4, stacking: false, ..Default::default() }),
+            ("wide stacking", EvaluatorOptions { batch_size: 4, stack_tokens: 200, ..Default::default() }),
             ("no dense cache", EvaluatorOptions { batch_size: 4, dense_cache: false, ..Default::default() }),
             ("per call", EvaluatorOptions::per_call(4)),
             ("naive", EvaluatorOptions::naive(4)),
@@ -667,6 +686,7 @@ mod tests {
         // An unbounded cache computes every distinct prefix exactly once per batch (2 batches).
         assert_eq!(get("default").1, 2 * distinct_nodes(&all));
         assert_eq!(get("no stacking").1, get("default").1);
+        assert_eq!(get("wide stacking").1, get("default").1);
         assert!(get("default").2.hits > 0 && get("default").2.evictions == 0);
         let tight = get("tight budget");
         assert!(tight.2.evictions > 0 && tight.2.peak_bytes <= 6 * state_bytes, "{:?}", tight.2);
