@@ -69,9 +69,10 @@ struct Args {
     /// Byte budget of the evaluator's persistent prefix cache, MiB (default: the evaluator's).
     #[arg(long)]
     cache_mib: Option<usize>,
-    /// Tokens a stacked block forward may reach (0: no more than --batch-size windows).
-    #[arg(long, default_value_t = evop::model::calibration::DEFAULT_STACK_TOKENS)]
-    stack_tokens: usize,
+    /// Tokens a stacked block forward may reach (0: no more than --batch-size windows; default:
+    /// the evaluator's, sized for the device by `evop::model::default_stack_tokens`).
+    #[arg(long)]
+    stack_tokens: Option<usize>,
     /// Folder for the EvoP run's checkpoint (its evaluated masks).
     #[arg(long)]
     masks_out: Option<PathBuf>,
@@ -115,6 +116,7 @@ fn main() -> Result<()> {
             };
             // The budget as resolved now (an evaluator resolves `None` when it is created).
             let budget_mib = if path == "reuse" { cache_budget.unwrap_or_else(|| evop::model::default_cache_budget(&lm.info().device)) >> 20 } else { 0 };
+            let stack_tokens = if path == "reuse" { a.stack_tokens.unwrap_or_else(|| evop::model::default_stack_tokens(&lm.info().device)) } else { 0 };
             let t = Instant::now();
             let (removed, counts) = match method.as_str() {
                 "sleb" => {
@@ -143,7 +145,7 @@ fn main() -> Result<()> {
             let seconds = t.elapsed().as_secs_f64();
             let rate = counts.candidates as f64 / seconds;
             println!(
-                "{method} {path}: {} candidates in {seconds:.2} s = {rate:.2} evaluations/s ({} block, {} head forwards, cache {budget_mib} MiB), removed {removed:?}",
+                "{method} {path}: {} candidates in {seconds:.2} s = {rate:.2} evaluations/s ({} block, {} head forwards, cache {budget_mib} MiB, stacking to {stack_tokens} tokens), removed {removed:?}",
                 counts.candidates, counts.block_forwards, counts.head_forwards
             );
             if let Some(p) = &a.json {
@@ -151,7 +153,7 @@ fn main() -> Result<()> {
                     "model": a.model, "device": a.device, "dtype": a.dtype, "windows": a.windows, "seqlen": a.seqlen,
                     "n": a.n, "loss": a.loss, "method": method, "path": path, "candidates": counts.candidates,
                     "block_forwards": counts.block_forwards, "head_forwards": counts.head_forwards,
-                    "seconds": seconds, "cache_mib": budget_mib, "stack_tokens": a.stack_tokens, "evaluations_per_s": rate, "removed": removed,
+                    "seconds": seconds, "cache_mib": budget_mib, "stack_tokens": stack_tokens, "evaluations_per_s": rate, "removed": removed,
                 });
                 let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?;
                 writeln!(f, "{row}")?;

@@ -11,7 +11,9 @@
 # MODEL is a synthetic shape (`synthetic:llama2-7b`) or a GGUF file; for a GGUF file set
 # TORCH_SYNTHETIC to the PyTorch loop's random-weight model of the same shape (its time does not
 # depend on the weights), e.g. TORCH_SYNTHETIC=qwen2.5-coder-1.5b. EXTRA passes more arguments to
-# search_rate (e.g. EXTRA="--cache-mib 1024").
+# search_rate (e.g. EXTRA="--cache-mib 1024"); GENERATIONS sets the EvoP run's length (default 6).
+# The PyTorch loop runs 8 windows per forward and, where a shape has more windows, all of them in
+# one forward too (its best at these sizes), so each ratio can be read against the faster loop.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/rate}"
@@ -29,12 +31,17 @@ esac
 nvidia-smi -L
 for shape in "${shapes[@]}"; do
   w="${shape%x*}"; s="${shape#*x}"
-  common=(--model "$model" --device cuda --dtype bf16 --windows "$w" --seqlen "$s" --n 6 --generations 6)
+  common=(--model "$model" --device cuda --dtype bf16 --windows "$w" --seqlen "$s" --n 6 --generations "${GENERATIONS:-6}")
   rm -rf "$OUT/m$shape"
   "$bin" "${common[@]}" --methods sleb,evop --masks-out "$OUT/m$shape" --json "$OUT/evop-rate.jsonl" ${EXTRA:-}
   "$bin" "${common[@]}" --methods sleb --paths naive --json "$OUT/evop-rate.jsonl"
-  PYTHONUNBUFFERED=1 python3 scripts/torch_search_loop.py "${torch_model[@]}" --windows "$w" --seqlen "$s" --batch 8 \
-    --stream sleb:6 --loss nll --json "$OUT/torch-sleb-$shape.json" | grep '"evaluations_per_s'
-  PYTHONUNBUFFERED=1 python3 scripts/torch_search_loop.py "${torch_model[@]}" --windows "$w" --seqlen "$s" --batch 8 \
-    --masks "$OUT/m$shape/evop-checkpoint.json" --loss nll --json "$OUT/torch-evop-$shape.json" | grep '"evaluations_per_s'
+  batches=(8)
+  [ "$w" -gt 8 ] && batches+=("$w")
+  for b in "${batches[@]}"; do
+    echo "pytorch loop $shape, $b windows per forward: SLEB stream, then the EvoP run's masks"
+    PYTHONUNBUFFERED=1 python3 scripts/torch_search_loop.py "${torch_model[@]}" --windows "$w" --seqlen "$s" --batch "$b" \
+      --stream sleb:6 --loss nll --json "$OUT/torch-sleb-$shape-b$b.json" | grep '"evaluations_per_s'
+    PYTHONUNBUFFERED=1 python3 scripts/torch_search_loop.py "${torch_model[@]}" --windows "$w" --seqlen "$s" --batch "$b" \
+      --masks "$OUT/m$shape/evop-checkpoint.json" --loss nll --json "$OUT/torch-evop-$shape-b$b.json" | grep '"evaluations_per_s'
+  done
 done

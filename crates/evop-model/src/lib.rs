@@ -39,7 +39,7 @@ pub use arch::{
     LayerCache, ModelInfo,
 };
 pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts, LossKind, DEFAULT_CACHE_BUDGET};
-pub use calibration::default_cache_budget;
+pub use calibration::{default_cache_budget, default_stack_tokens};
 pub use device::{parse_device, parse_dtype};
 pub use error::{ModelError, Result};
 pub use io::load::{load, load_placed, LoadOptions, LoadedModel};

@@ -83,11 +83,28 @@ pub fn default_cache_budget(device: &candle_core::Device) -> usize {
     }
 }
 
-/// Default [`EvaluatorOptions::stack_tokens`]: 512. On 2 vCPUs (SmolLM2 shape, f32, batches of
-/// 2 windows x 32 tokens) stacking to 512 tokens took SLEB from 1.66-1.71 to 2.20-2.26
-/// evaluations/s and an EvoP run from 1.75-1.93 to 2.36-2.37; at 4 x 64-token batches it made no
-/// difference (docs/performance.md, "Stacking small batches").
+/// Default [`EvaluatorOptions::stack_tokens`] on the CPU (and Metal): 512. On 2 vCPUs (SmolLM2
+/// shape, f32, batches of 2 windows x 32 tokens) stacking to 512 tokens took SLEB from 1.66-1.71
+/// to 2.20-2.26 evaluations/s and an EvoP run from 1.75-1.93 to 2.36-2.37; at 4 x 64-token batches
+/// it made no difference (docs/performance.md, "Stacking small batches").
 pub const DEFAULT_STACK_TOKENS: usize = 512;
+
+/// Default [`EvaluatorOptions::stack_tokens`] on CUDA: 4096. On one H100 (Qwen2.5-Coder-1.5B,
+/// bf16, 32 x 128 tokens in batches of 8 windows) stacking to 4096 tokens took SLEB from 69.7 to
+/// 81.7 evaluations/s and an EvoP run from 51.3 to 60.9 (16384: 81.9 and 62.2); on the Llama-2-7B
+/// shape, whose 1,024-token batches already fill the GPU, it made no difference (docs/gpu.md,
+/// "Search throughput against the PyTorch loop").
+pub const CUDA_DEFAULT_STACK_TOKENS: usize = 4096;
+
+/// The tokens one stacked block forward may reach when [`EvaluatorOptions::stack_tokens`] is
+/// `None`: [`CUDA_DEFAULT_STACK_TOKENS`] on CUDA, [`DEFAULT_STACK_TOKENS`] elsewhere.
+pub fn default_stack_tokens(device: &candle_core::Device) -> usize {
+    if device.is_cuda() {
+        CUDA_DEFAULT_STACK_TOKENS
+    } else {
+        DEFAULT_STACK_TOKENS
+    }
+}
 
 /// Settings of a [`CalibrationEvaluator`].
 #[derive(Clone, Debug)]
@@ -112,9 +129,10 @@ pub struct EvaluatorOptions {
     /// `prefix_sharing`). Default true.
     pub stacking: bool,
     /// Tokens one stacked block forward may reach beyond `batch_size` windows: small calibration
-    /// batches are stacked until their block forward has this many tokens. Default
-    /// [`DEFAULT_STACK_TOKENS`]; 0 stacks no more than `batch_size` windows.
-    pub stack_tokens: usize,
+    /// batches are stacked until their block forward has this many tokens; `Some(0)` stacks no
+    /// more than `batch_size` windows. Default `None`: sized for the model's device by
+    /// [`default_stack_tokens`].
+    pub stack_tokens: Option<usize>,
     /// The per-window loss. Default [`LossKind::Nll`].
     pub loss: LossKind,
     /// Loss over every `position_stride`-th predicted position only, ending at the last one
@@ -131,7 +149,7 @@ impl Default for EvaluatorOptions {
             cache_budget: None,
             cache_dtype: None,
             stacking: true,
-            stack_tokens: DEFAULT_STACK_TOKENS,
+            stack_tokens: None,
             loss: LossKind::Nll,
             position_stride: 1,
         }
@@ -148,7 +166,7 @@ impl EvaluatorOptions {
             cache_budget: Some(0),
             cache_dtype: None,
             stacking: false,
-            stack_tokens: 0,
+            stack_tokens: Some(0),
             loss: LossKind::Nll,
             position_stride: 1,
         }
@@ -178,6 +196,8 @@ pub struct CalibrationEvaluator {
     lm: Arc<dyn BlockLm>,
     batches: Vec<Batch>,
     options: EvaluatorOptions,
+    /// The resolved [`EvaluatorOptions::stack_tokens`].
+    stack_tokens: usize,
     block_forwards: AtomicU64,
     head_forwards: AtomicU64,
     candidates: AtomicU64,
@@ -220,11 +240,13 @@ impl CalibrationEvaluator {
             batches.push(Batch { ids, ctx, windows: chunk.len(), positions, targets, dense: None });
         }
         let budget = options.cache_budget.unwrap_or_else(|| default_cache_budget(&lm.info().device));
+        let stack_tokens = options.stack_tokens.unwrap_or_else(|| default_stack_tokens(&lm.info().device));
         let cache = Mutex::new(PrefixCache::new(budget, options.cache_dtype));
         let me = Self {
             lm,
             batches,
             options,
+            stack_tokens,
             block_forwards: AtomicU64::new(0),
             head_forwards: AtomicU64::new(0),
             candidates: AtomicU64::new(0),
@@ -303,6 +325,11 @@ impl CalibrationEvaluator {
     /// Byte budget of the persistent prefix cache (the resolved [`EvaluatorOptions::cache_budget`]).
     pub fn cache_budget(&self) -> usize {
         self.cache.lock().expect("prefix cache poisoned").budget()
+    }
+
+    /// Tokens one stacked block forward may reach (the resolved [`EvaluatorOptions::stack_tokens`]).
+    pub fn stack_tokens(&self) -> usize {
+        self.stack_tokens
     }
 
     /// Number of calibration windows.
@@ -438,7 +465,7 @@ impl CalibrationEvaluator {
         }
         let per_call = if self.options.stacking {
             let tokens = batch.windows * batch.ctx.seq_len.max(1);
-            (self.options.batch_size / batch.windows).max(self.options.stack_tokens / tokens).max(1)
+            (self.options.batch_size / batch.windows).max(self.stack_tokens / tokens).max(1)
         } else {
             1
         };
@@ -650,6 +677,22 @@ mod tests {
     }
 
     #[test]
+    fn unset_budget_and_stacking_resolve_for_the_device() {
+        let lm = tiny();
+        let device = lm.info().device.clone();
+        let unset = CalibrationEvaluator::new(lm.clone(), &windows(), EvaluatorOptions::default()).unwrap();
+        assert_eq!(unset.stack_tokens(), default_stack_tokens(&device));
+        assert_eq!(unset.cache_budget(), default_cache_budget(&device));
+        if device.is_cpu() {
+            assert_eq!(unset.stack_tokens(), DEFAULT_STACK_TOKENS);
+            assert_eq!(unset.cache_budget(), DEFAULT_CACHE_BUDGET);
+        }
+        let set = EvaluatorOptions { stack_tokens: Some(96), cache_budget: Some(1 << 20), ..Default::default() };
+        let set = CalibrationEvaluator::new(lm, &windows(), set).unwrap();
+        assert_eq!((set.stack_tokens(), set.cache_budget()), (96, 1 << 20));
+    }
+
+    #[test]
     fn persistent_cache_and_stacking_equal_the_naive_forward_on_random_masks() {
         let lm = deep(12, 1);
         let windows = deep_windows(5, 10);
@@ -661,7 +704,7 @@ mod tests {
             ("default", EvaluatorOptions { batch_size: 4, ..Default::default() }),
             ("tight budget", EvaluatorOptions { batch_size: 4, cache_budget: Some(6 * state_bytes), ..Default::default() }),
             ("no stacking", EvaluatorOptions { batch_size: 4, stacking: false, ..Default::default() }),
-            ("wide stacking", EvaluatorOptions { batch_size: 4, stack_tokens: 200, ..Default::default() }),
+            ("wide stacking", EvaluatorOptions { batch_size: 4, stack_tokens: Some(200), ..Default::default() }),
             ("no dense cache", EvaluatorOptions { batch_size: 4, dense_cache: false, ..Default::default() }),
             ("per call", EvaluatorOptions::per_call(4)),
             ("naive", EvaluatorOptions::naive(4)),
