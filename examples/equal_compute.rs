@@ -18,7 +18,8 @@
 //!   changes the GA's shape: population P, stop after T stalled generations; `:ppl` seeds it with
 //!   the one-shot perplexity ranking instead of SLEB's greedy answer; `:tN` computes the seed on
 //!   the first N tokens of each screening window (e.g. `mf:kl:4/16/4:p16:s4:t64`, the `quick`
-//!   preset of `evop prune`).
+//!   preset of `evop prune`); `:bo` runs the GA with block-order operators
+//!   (`evop::GaOperators::BlockOrder`).
 //!
 //! ```text
 //! cargo run --release --example equal_compute -- --model smollm2-135m --ns 6,9,12 --seeds 0,1,2 \
@@ -36,7 +37,7 @@ use evop::model::{load, BlockLm, BlockMask, EvaluatorOptions, LoadOptions, Loade
 use evop::search::{GenerationReport, Observer, StopReason};
 use evop::{
     build_calibration, evaluate, CalibrationSpec, EmbedderKind, EvalSet, Objective, Pipeline, SamplerKind, Screening,
-    SearchSpec,
+    GaOperators, SearchSpec,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -117,11 +118,13 @@ struct GaShape {
     seed: &'static str,
     /// Leading tokens of each screening window the seed reads (None: all).
     seed_tokens: Option<usize>,
+    /// The GA's variation operators (`bo`: block order).
+    operators: GaOperators,
 }
 
 impl Default for GaShape {
     fn default() -> Self {
-        Self { population: 32, stalled: 8, seed: "sleb", seed_tokens: None }
+        Self { population: 32, stalled: 8, seed: "sleb", seed_tokens: None, operators: GaOperators::Uniform }
     }
 }
 
@@ -132,6 +135,10 @@ impl GaShape {
         for p in parts {
             if *p == "ppl" {
                 shape.seed = "ppl";
+                continue;
+            }
+            if *p == "bo" || *p == "op" {
+                shape.operators = if *p == "bo" { GaOperators::BlockOrder } else { GaOperators::OnePoint };
                 continue;
             }
             match (p.get(..1), p.get(1..).and_then(|v| v.parse::<u64>().ok())) {
@@ -156,6 +163,11 @@ impl GaShape {
         }
         if let Some(t) = self.seed_tokens {
             s += &format!(":t{t}");
+        }
+        match self.operators {
+            GaOperators::BlockOrder => s += ":bo",
+            GaOperators::OnePoint => s += ":op",
+            GaOperators::Uniform => {}
         }
         s
     }
@@ -425,7 +437,7 @@ fn main() -> Result<()> {
                         let seeder = ga.seed_pruner(shape.seed, l)?.prune(&lm, &seed_data, n)?;
                         let (seed_mask, seed_forwards) = (seeder.removed(), seeder.counts.block_forwards);
                         let screening = Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists };
-                        let ga = SearchSpec { population: shape.population, stalled: Some(shape.stalled), ..ga };
+                        let ga = SearchSpec { population: shape.population, stalled: Some(shape.stalled), operators: shape.operators, ..ga };
                         (SearchSpec { seed_masks: vec![seed_mask], screening: Some(screening), ..ga }, *loss, seed_forwards)
                     }
                 };

@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use evop::baselines::{Pruner, Sleb};
 use evop::model::{load, EvaluatorOptions, LoadOptions, LossKind};
-use evop::{SearchJob, SearchSpec};
+use evop::{GaOperators, SearchJob, SearchSpec};
 use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::path::PathBuf;
@@ -62,6 +62,9 @@ struct Args {
     population: usize,
     #[arg(long, default_value_t = 6)]
     generations: u64,
+    /// The GA's variation operators: uniform (the default) or block-order.
+    #[arg(long, default_value = "uniform")]
+    operators: String,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     #[arg(long, default_value_t = 0)]
@@ -87,6 +90,12 @@ fn main() -> Result<()> {
         "nll" => LossKind::Nll,
         "kl" => LossKind::KlToDense,
         other => bail!("--loss {other}: expected nll or kl"),
+    };
+    let operators = match a.operators.as_str() {
+        "uniform" => GaOperators::Uniform,
+        "one-point" => GaOperators::OnePoint,
+        "block-order" => GaOperators::BlockOrder,
+        other => bail!("--operators {other}: expected uniform, one-point or block-order"),
     };
     if let Some(dir) = a.json.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -135,7 +144,7 @@ fn main() -> Result<()> {
                         }
                         _ => None,
                     };
-                    let search = SearchSpec { population: a.population, generations: a.generations, stalled: None, ..SearchSpec::default() };
+                    let search = SearchSpec { population: a.population, generations: a.generations, stalled: None, operators, ..SearchSpec::default() };
                     let job = SearchJob { search, evaluator, checkpoint, ..SearchJob::new(a.n, a.seed) };
                     let r = job.run(lm.clone(), &windows, None)?;
                     (r.removed, r.counts)
@@ -151,7 +160,7 @@ fn main() -> Result<()> {
             if let Some(p) = &a.json {
                 let row = serde_json::json!({
                     "model": a.model, "device": a.device, "dtype": a.dtype, "windows": a.windows, "seqlen": a.seqlen,
-                    "n": a.n, "loss": a.loss, "method": method, "path": path, "candidates": counts.candidates,
+                    "n": a.n, "loss": a.loss, "method": method, "operators": a.operators, "generations": a.generations, "path": path, "candidates": counts.candidates,
                     "block_forwards": counts.block_forwards, "head_forwards": counts.head_forwards,
                     "seconds": seconds, "cache_mib": budget_mib, "stack_tokens": stack_tokens, "evaluations_per_s": rate, "removed": removed,
                 });

@@ -27,6 +27,6 @@ pub use evaluation::{evaluate, EvalReport, EvalSet};
 pub use fitness::CalibrationFitness;
 pub use objective::Objective;
 pub use pipeline::{
-    build_calibration, CalibrationSpec, EmbedderKind, Pipeline, PruneReport, SamplerKind, Screening, SearchJob, SearchSpec, StrategyKind,
+    build_calibration, CalibrationSpec, EmbedderKind, GaOperators, Pipeline, PruneReport, SamplerKind, Screening, SearchJob, SearchSpec, StrategyKind,
 };
 pub use pruner::EvopPruner;

@@ -26,7 +26,7 @@ use evop_data::{
 };
 use evop_model::{BlockLm, BlockMask, EvaluatorOptions, ForwardCounts, LoadedModel};
 use evop_search::{
-    Fidelity, Fitness, GaParams, GenerationReport, Mask, MaskSpace, Observer, OnePlusLambdaParams, Screen, Search,
+    Fidelity, Fitness, GaParams, Tournament, GenerationReport, Mask, MaskSpace, Observer, OnePlusLambdaParams, Screen, Search,
     StopReason, Termination,
 };
 use rand::seq::SliceRandom;
@@ -92,6 +92,38 @@ pub enum StrategyKind {
     OnePlusLambda,
 }
 
+/// The GA's variation operators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GaOperators {
+    /// Shared-removed crossover and uniform swap mutation (evop_search's defaults).
+    #[default]
+    Uniform,
+    /// One-point crossover in block order and uniform swap mutation: a child keeps its first
+    /// parent's choices up to a cut point.
+    OnePoint,
+    /// One-point crossover in block order and shift mutation (reach 3): a child keeps a parent's
+    /// choices up to a cut point and moves removals to nearby blocks, so the evaluator's prefix
+    /// cache resumes it from a deeper state (fewer block forwards per candidate).
+    BlockOrder,
+}
+
+impl GaOperators {
+    fn crossover(self) -> Box<dyn evop_search::Crossover> {
+        match self {
+            GaOperators::Uniform => Box::new(evop_search::SharedRemovedCrossover),
+            GaOperators::OnePoint | GaOperators::BlockOrder => Box::new(evop_search::OnePointCrossover),
+        }
+    }
+
+    fn mutation(self) -> Box<dyn evop_search::Mutation> {
+        match self {
+            GaOperators::Uniform | GaOperators::OnePoint => Box::new(evop_search::SwapMutation::default()),
+            GaOperators::BlockOrder => Box::new(evop_search::ShiftMutation::default()),
+        }
+    }
+}
+
 /// Search budget and strategy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SearchSpec {
@@ -123,6 +155,9 @@ pub struct SearchSpec {
     /// no computation with the rest (docs/search.md). Ignored by (1+lambda).
     #[serde(default)]
     pub immigrants: Option<f64>,
+    /// GA: the variation operators.
+    #[serde(default)]
+    pub operators: GaOperators,
 }
 
 fn memoize_default() -> bool {
@@ -168,6 +203,7 @@ impl Default for SearchSpec {
             screening: None,
             memoize: true,
             immigrants: Some(0.0),
+            operators: GaOperators::Uniform,
         }
     }
 }
@@ -515,9 +551,10 @@ impl SearchJob {
         })
     }
 
-    /// The GA of [`SearchSpec`] (population, immigrants).
-    fn ga(&self) -> Result<evop_search::Ga> {
-        let mut params = GaParams::new().population(self.search.population);
+    /// The GA of [`SearchSpec`] (population, immigrants, operators).
+    fn ga(&self) -> Result<evop_search::Ga<Tournament, Box<dyn evop_search::Crossover>, Box<dyn evop_search::Mutation>>> {
+        let ops = self.search.operators;
+        let mut params = GaParams::new().population(self.search.population).crossover(ops.crossover()).mutation(ops.mutation());
         if let Some(f) = self.search.immigrants {
             params = params.immigrants(f);
         }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use evop_search::synthetic::PairwiseCost;
 use evop_search::{
-    Fidelity, Fitness, GaParams, Mask, MaskSpace, OnePlusLambdaParams, Screen, Search, StopReason, Strategy, Termination,
+    Fidelity, Fitness, GaParams, Mask, OnePointCrossover, ShiftMutation, MaskSpace, OnePlusLambdaParams, Screen, Search, StopReason, Strategy, Termination,
 };
 use rayon::prelude::*;
 
@@ -88,6 +88,7 @@ fn main() {
     let seeds: u64 = std::env::args().nth(1).map_or(100, |s| s.parse().expect("SEEDS must be a number"));
     let space = MaskSpace::new(L, N, []).expect("valid space");
     let ga = GaParams::new().check().expect("valid GA parameters");
+    let ga_block_order = GaParams::new().crossover(OnePointCrossover).mutation(ShiftMutation::default()).check().expect("valid GA parameters");
     let opl = OnePlusLambdaParams::new().check().expect("valid (1+lambda) parameters");
     let opl_ms = OnePlusLambdaParams::new()
         .lambda(32)
@@ -103,6 +104,7 @@ fn main() {
         println!("| {:<34} | {} | median | med.eq |", "strategy / success within budget", header.join(" | "));
         println!("|{}|", ["---"; 8].join("|"));
         report("GA (defaults, pop 32)", &trials(&ga, &problem, &space, &opt, seeds));
+        report("GA, block-order operators", &trials(&ga_block_order, &problem, &space, &opt, seeds));
         report("(1+16) EA", &trials(&opl, &problem, &space, &opt, seeds));
         let noisy = problem.clone().with_fidelity_noise(MAX_FIDELITY, 0.1);
         report("(1+32) EA, multi-step 1/4/16", &trials(&opl_ms, &noisy, &space, &opt, seeds));

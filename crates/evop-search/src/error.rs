@@ -51,6 +51,9 @@ pub enum SearchError {
     /// Swap-count weights that are empty, negative, non-finite or all zero.
     #[error("mutation swap weights must be finite, non-negative and not all zero")]
     InvalidSwapWeights,
+    /// A shift mutation that may not move a removal at all.
+    #[error("shift mutation reach must be at least 1 block")]
+    InvalidShiftReach,
     /// A (1+lambda) run without offspring.
     #[error("lambda (offspring per generation) must be at least 1")]
     LambdaZero,

@@ -83,7 +83,7 @@ pub use mask::{Mask, MaskSpace};
 pub use memo::Memo;
 pub use observer::{FnObserver, GenerationReport, JsonlHistory, Observer};
 pub use one_plus_lambda::{OnePlusLambda, OnePlusLambdaParams, OnePlusLambdaState, Screen};
-pub use operators::{Crossover, Mutation, Selection, SharedRemovedCrossover, SwapMutation, Tournament};
+pub use operators::{Crossover, Mutation, OnePointCrossover, Selection, SharedRemovedCrossover, ShiftMutation, SwapMutation, Tournament};
 pub use search::{Outcome, Run, Search};
 pub use strategy::{Context, Strategy};
 pub use termination::{StopReason, Termination};

@@ -3,8 +3,16 @@
 //!
 //! - [`Selection`] / [`Tournament`]: pick parents by cost.
 //! - [`Crossover`] / [`SharedRemovedCrossover`]: keep the blocks both parents remove, fill the rest from the
-//!   blocks only one parent removes.
+//!   blocks only one parent removes. [`OnePointCrossover`]: the same, with the first parent's choices kept
+//!   unchanged before a cut point in block order.
 //! - [`Mutation`] / [`SwapMutation`]: restore some removed blocks and remove as many kept ones.
+//!   [`ShiftMutation`]: the same, each removal moved to a kept block within a few positions.
+//!
+//! Block order matters to the cost of evaluating a child: an exact evaluator with a prefix cache
+//! (evop-model's `CalibrationEvaluator`) resumes a mask from the state of the longest block prefix
+//! it shares with a mask evaluated before, so a child that keeps a parent's choices up to block `c`
+//! costs only the blocks from `c` on. The one-point and shift operators keep those prefixes long;
+//! whether the search finds masks as good per candidate is measured in docs/search.md.
 //!
 //! Elitism, random immigrants and duplicate avoidance are population-level and live in [`crate::ga`].
 //! Operators receive `&mut dyn RngCore` (the search's seeded RNG) so that they stay object-safe; they must
@@ -80,6 +88,13 @@ pub trait Crossover: Debug {
     fn crossover(&self, space: &MaskSpace, a: &Mask, b: &Mask, rng: &mut dyn RngCore) -> Mask;
 }
 
+/// A boxed operator (e.g. one chosen at run time) is an operator.
+impl<T: Crossover + ?Sized> Crossover for Box<T> {
+    fn crossover(&self, space: &MaskSpace, a: &Mask, b: &Mask, rng: &mut dyn RngCore) -> Mask {
+        (**self).crossover(space, a, b, rng)
+    }
+}
+
 /// The child removes every block both parents remove, plus a uniform choice among the blocks exactly one
 /// parent removes until it removes `n`. Both sets are free of protected blocks, and the second has
 /// `2 * (n - shared)` members, so the child is always legal.
@@ -102,10 +117,63 @@ impl Crossover for SharedRemovedCrossover {
     }
 }
 
+/// One-point crossover in block order: the child takes the first parent's choices on blocks
+/// `0..c` and the second parent's on `c..L`, with `c` uniform in `(d_first, d_last]` where the
+/// parents first and last differ (a cut outside that range would copy a parent). The count is then
+/// repaired inside `c..L` only, from the parents' genes: excess removals are restored among the
+/// blocks only the second parent removes there, missing ones taken from the blocks only the first
+/// parent removes there (both sets are always large enough). So, as with
+/// [`SharedRemovedCrossover`], the child removes every block both parents remove and nothing
+/// neither removes; unlike it, the child agrees with the first parent on every block before `c`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnePointCrossover;
+
+impl Crossover for OnePointCrossover {
+    fn crossover(&self, space: &MaskSpace, a: &Mask, b: &Mask, rng: &mut dyn RngCore) -> Mask {
+        assert_eq!(a.len(), b.len(), "crossover of masks of different lengths");
+        let len = a.len();
+        let differ: Vec<usize> = (0..len).filter(|&i| a.is_removed(i) != b.is_removed(i)).collect();
+        let (Some(&first), Some(&last)) = (differ.first(), differ.last()) else {
+            return a.clone();
+        };
+        let cut = rng.random_range(first + 1..=last);
+        let mut child = a.clone();
+        for i in cut..len {
+            if b.is_removed(i) {
+                child.set(i);
+            } else {
+                child.clear(i);
+            }
+        }
+        let n = space.n_removed();
+        let have = child.n_removed();
+        let only_in = |x: &Mask, y: &Mask| -> Vec<usize> { (cut..len).filter(|&i| x.is_removed(i) && !y.is_removed(i)).collect() };
+        if have > n {
+            let pool = only_in(b, a);
+            for k in rand::seq::index::sample(rng, pool.len(), have - n) {
+                child.clear(pool[k]);
+            }
+        } else if have < n {
+            let pool = only_in(a, b);
+            for k in rand::seq::index::sample(rng, pool.len(), n - have) {
+                child.set(pool[k]);
+            }
+        }
+        child
+    }
+}
+
 /// Perturbs one mask in place.
 pub trait Mutation: Debug {
     /// Changes `mask` (a mask of `space`) into another mask of `space`.
     fn mutate(&self, space: &MaskSpace, mask: &mut Mask, rng: &mut dyn RngCore);
+}
+
+/// A boxed operator (e.g. one chosen at run time) is an operator.
+impl<T: Mutation + ?Sized> Mutation for Box<T> {
+    fn mutate(&self, space: &MaskSpace, mask: &mut Mask, rng: &mut dyn RngCore) {
+        (**self).mutate(space, mask, rng)
+    }
 }
 
 /// Swap mutation: draw `k` swaps with probability `weights[k-1] / sum(weights)`, then restore `k` distinct
@@ -168,6 +236,55 @@ impl Mutation for SwapMutation {
         for (o, i) in out.iter().zip(inn.iter()) {
             mask.clear(removed[o]);
             mask.set(kept[i]);
+        }
+    }
+}
+
+/// Shift mutation: like [`SwapMutation`] (the same law for the number of swaps `k`), but each of
+/// the `k` restored blocks hands its removal to a kept unprotected block at most `reach` positions
+/// away (uniform among those; any kept unprotected block when none is that close). A child then
+/// first differs from its parent near the restored block rather than at the smaller of two uniform
+/// positions, and adjacent blocks, which tend to play similar roles, are exchanged most often.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShiftMutation {
+    swaps: SwapMutation,
+    reach: usize,
+}
+
+impl ShiftMutation {
+    /// Swap-count weights as for [`SwapMutation::new`], and a reach of at least 1.
+    pub fn new(weights: &[f64], reach: usize) -> Result<Self> {
+        if reach == 0 {
+            return Err(SearchError::InvalidShiftReach);
+        }
+        Ok(ShiftMutation { swaps: SwapMutation::new(weights)?, reach })
+    }
+
+    /// How far a removal may move.
+    pub fn reach(&self) -> usize {
+        self.reach
+    }
+}
+
+/// [`SwapMutation`]'s default weights, reach 3.
+impl Default for ShiftMutation {
+    fn default() -> Self {
+        ShiftMutation { swaps: SwapMutation::default(), reach: 3 }
+    }
+}
+
+impl Mutation for ShiftMutation {
+    fn mutate(&self, space: &MaskSpace, mask: &mut Mask, rng: &mut dyn RngCore) {
+        let k = self.swaps.draw_swaps(rng);
+        let removed: Vec<usize> = mask.removed().collect();
+        let mut kept: Vec<usize> = space.free().iter().copied().filter(|&i| !mask.is_removed(i)).collect();
+        let k = k.min(removed.len()).min(kept.len());
+        for o in rand::seq::index::sample(rng, removed.len(), k) {
+            let from = removed[o];
+            let near: Vec<usize> = (0..kept.len()).filter(|&j| kept[j].abs_diff(from) <= self.reach).collect();
+            let j = if near.is_empty() { rng.random_range(0..kept.len()) } else { near[rng.random_range(0..near.len())] };
+            mask.clear(from);
+            mask.set(kept.swap_remove(j));
         }
     }
 }

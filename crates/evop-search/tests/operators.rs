@@ -1,7 +1,7 @@
 //! Property tests: every operator keeps length, n and protected blocks; selection returns the requested
 //! count; masks survive serde.
 
-use evop_search::{Crossover, Mask, MaskSpace, Mutation, Selection, SharedRemovedCrossover, SwapMutation, Tournament};
+use evop_search::{Crossover, Mask, MaskSpace, Mutation, OnePointCrossover, Selection, SharedRemovedCrossover, ShiftMutation, SwapMutation, Tournament};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -52,6 +52,49 @@ proptest! {
         }
         // Crossing a mask with itself gives it back.
         prop_assert_eq!(SharedRemovedCrossover.crossover(&space, &a, &a, &mut rng), a);
+    }
+
+    #[test]
+    fn one_point_crossover_is_legal_inherits_and_keeps_a_prefix(space in space(), seed: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (a, b) = (space.sample(&mut rng), space.sample(&mut rng));
+        let c = OnePointCrossover.crossover(&space, &a, &b, &mut rng);
+        legal(&space, &c)?;
+        for i in 0..space.len() {
+            if a.is_removed(i) && b.is_removed(i) {
+                prop_assert!(c.is_removed(i));
+            }
+            if c.is_removed(i) {
+                prop_assert!(a.is_removed(i) || b.is_removed(i));
+            }
+        }
+        // The child agrees with the first parent up to and including the parents' first difference.
+        if let Some(first) = (0..space.len()).find(|&i| a.is_removed(i) != b.is_removed(i)) {
+            for i in 0..=first {
+                prop_assert_eq!(c.is_removed(i), a.is_removed(i), "block {} before the cut", i);
+            }
+        }
+        prop_assert_eq!(OnePointCrossover.crossover(&space, &a, &a, &mut rng), a);
+    }
+
+    #[test]
+    fn shift_mutation_is_legal_and_moves_removals_nearby(space in space(), seed: u64, reach in 1usize..5) {
+        let m = ShiftMutation::new(&[1.0], reach).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let parent = space.sample(&mut rng);
+        let mut child = parent.clone();
+        m.mutate(&space, &mut child, &mut rng);
+        legal(&space, &child)?;
+        if space.max_distance() > 0 {
+            prop_assert_eq!(child.hamming(&parent), 2);
+            let restored = (0..space.len()).find(|&i| parent.is_removed(i) && !child.is_removed(i)).unwrap();
+            let moved_to = (0..space.len()).find(|&i| child.is_removed(i) && !parent.is_removed(i)).unwrap();
+            // Within reach whenever a kept free block was that close.
+            let close = space.free().iter().any(|&i| !parent.is_removed(i) && i.abs_diff(restored) <= reach);
+            if close {
+                prop_assert!(moved_to.abs_diff(restored) <= reach, "moved {} -> {} with reach {}", restored, moved_to, reach);
+            }
+        }
     }
 
     #[test]
