@@ -100,7 +100,15 @@ fn sleb_at_equal_time(
         }
     };
     let windows = ((evop.search_seconds / per_window).round() as usize).clamp(1, 4096);
-    let random = draw(windows)?;
+    // The count follows measured seconds, so a slow machine may ask for more windows than a small
+    // corpus holds: SLEB then reads the whole pool (the row's label gives its tokens).
+    let random = match draw(windows) {
+        Err(e) => match e.downcast_ref::<evop::EvopError>() {
+            Some(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { available, .. })) if *available >= 1 => draw(*available)?,
+            _ => return Err(e),
+        },
+        ok => ok?,
+    };
     let mut equal = run_method(&args.exp, setup, &random, "sleb", n, None, None, None)?;
     equal.method = format!("sleb at EvoP's time ({} random tokens)", random.len() * args.exp.seqlen);
     rows.push(equal);
