@@ -27,6 +27,19 @@ fn legal(space: &MaskSpace, m: &Mask) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The child removes every block both parents remove and nothing neither removes.
+fn inherits(a: &Mask, b: &Mask, c: &Mask) -> Result<(), TestCaseError> {
+    for i in 0..a.len() {
+        if a.is_removed(i) && b.is_removed(i) {
+            prop_assert!(c.is_removed(i));
+        }
+        if c.is_removed(i) {
+            prop_assert!(a.is_removed(i) || b.is_removed(i));
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #[test]
     fn sampling_is_legal(space in space(), seed: u64) {
@@ -42,14 +55,7 @@ proptest! {
         let (a, b) = (space.sample(&mut rng), space.sample(&mut rng));
         let c = SharedRemovedCrossover.crossover(&space, &a, &b, &mut rng);
         legal(&space, &c)?;
-        for i in 0..space.len() {
-            if a.is_removed(i) && b.is_removed(i) {
-                prop_assert!(c.is_removed(i));
-            }
-            if c.is_removed(i) {
-                prop_assert!(a.is_removed(i) || b.is_removed(i));
-            }
-        }
+        inherits(&a, &b, &c)?;
         // Crossing a mask with itself gives it back.
         prop_assert_eq!(SharedRemovedCrossover.crossover(&space, &a, &a, &mut rng), a);
     }
@@ -60,14 +66,7 @@ proptest! {
         let (a, b) = (space.sample(&mut rng), space.sample(&mut rng));
         let c = OnePointCrossover.crossover(&space, &a, &b, &mut rng);
         legal(&space, &c)?;
-        for i in 0..space.len() {
-            if a.is_removed(i) && b.is_removed(i) {
-                prop_assert!(c.is_removed(i));
-            }
-            if c.is_removed(i) {
-                prop_assert!(a.is_removed(i) || b.is_removed(i));
-            }
-        }
+        inherits(&a, &b, &c)?;
         // The child agrees with the first parent up to and including the parents' first difference.
         if let Some(first) = (0..space.len()).find(|&i| a.is_removed(i) != b.is_removed(i)) {
             for i in 0..=first {
