@@ -2,7 +2,8 @@
 //! heads, FFN 1536, vocabulary 49,152; random weights, `synthetic:smollm2-135m`, so nothing is
 //! downloaded): the attention alone, fused kernel (`kernels::attention`, the default for f32 on
 //! the CPU) vs the tensor ops (`kernels::attention_reference`); the block's projections (GEMMs,
-//! throughput in FLOP: criterion's "elem/s" are FLOP/s) and the LM head (final norm and logits,
+//! throughput in FLOP: criterion's "elem/s" are FLOP/s; `Linear`'s output tiles against candle's
+//! matmul) and the LM head (final norm and logits,
 //! FLOP of the 576 x 49,152 product); and the full masked forward (logits at every position) in
 //! tokens per call.
 //!
@@ -73,6 +74,12 @@ fn bench_parts(c: &mut Criterion) {
             group.throughput(Throughput::Elements((2 * rows * fan_in * fan_out) as u64));
             group.bench_with_input(BenchmarkId::new(format!("matmul_{name}"), format!("{s}x{b}")), &(), |bench, _| {
                 bench.iter(|| black_box(layer.forward(&x).unwrap()))
+            });
+            // The same product through candle's matmul (the `gemm` crate's own threading), which
+            // `Linear` replaced on the CPU by output tiles (`kernels::cpu_matmul`).
+            let (flat, w_t) = (x.reshape((rows, fan_in)).unwrap(), layer.weight().t().unwrap());
+            group.bench_with_input(BenchmarkId::new(format!("candle_matmul_{name}"), format!("{s}x{b}")), &(), |bench, _| {
+                bench.iter(|| black_box(flat.matmul(&w_t).unwrap()))
             });
         }
         let h = Tensor::randn(0f32, 1.0, (b, s, 576), &dev).unwrap();

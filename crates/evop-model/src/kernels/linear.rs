@@ -5,7 +5,8 @@ use candle_core::Tensor;
 ///
 /// candle-nn's `Linear` runs one GEMM per batch element against the broadcast weight; for wide
 /// layers (the LM head is 576 x 49152 on SmolLM2) that streams the whole weight once per batch
-/// element. Flattening to a single `(rows, in) x (in, out)` GEMM streams it once.
+/// element. Flattening to a single `(rows, in) x (in, out)` GEMM streams it once; on the CPU that
+/// GEMM is split over the threads by output tiles ([`super::cpu_matmul`]).
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Tensor,
@@ -41,7 +42,7 @@ impl candle_core::Module for Linear {
         let inner = dims[dims.len() - 1];
         let rows = xs.elem_count() / inner.max(1);
         let flat = xs.reshape((rows, inner))?;
-        let mut out = flat.matmul(&self.weight.t()?)?;
+        let mut out = super::cpu_matmul::matmul(&flat, &self.weight.t()?)?;
         if let Some(b) = &self.bias {
             out = out.broadcast_add(b)?;
         }

@@ -5,7 +5,8 @@
 //! - [`attention`]: the dispatch to the fused CPU kernel ([`cpu_attention`]), FlashAttention-2 on
 //!   CUDA ([`flash_attention`]) or the fused masked softmax ([`masked_softmax`]);
 //! - [`elementwise`]: SwiGLU gating and residual adds (CPU: vectorised; CUDA: [`block_ops`]);
-//! - [`rotary`], [`linear`]: position tables and the projection layer;
+//! - [`rotary`], [`linear`]: position tables and the projection layer, whose CPU products
+//!   [`cpu_matmul`] splits over the threads by output tiles;
 //! - [`token_nll`]: the next-token loss of rows of logits in one pass (CUDA kernel);
 //! - [`math`]: the vectorisable `exp` the CPU kernels use.
 //!
@@ -14,6 +15,7 @@
 pub mod attention;
 pub mod block_ops;
 pub mod cpu_attention;
+pub mod cpu_matmul;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod elementwise;
