@@ -324,6 +324,7 @@ fn sleb(lm: &Arc<dyn BlockLm>, windows: &[Vec<u32>], n: usize) -> Result<(Vec<us
 }
 
 fn main() -> Result<()> {
+    evop::model::retain_freed_host_memory();
     let args = Args::parse();
     let configs: Vec<EvopConfig> = args.evop.iter().filter(|s| !s.is_empty()).map(|s| EvopConfig::parse(s)).collect::<Result<_>>()?;
     let device = evop::model::parse_device(&args.device)?;

@@ -76,6 +76,7 @@ fn time<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    evop::model::retain_freed_host_memory();
     let args = Args::parse();
     evop::model::device::allow_tf32(args.tf32);
     let device = evop::model::parse_device(&args.device)?;

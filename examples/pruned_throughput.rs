@@ -90,6 +90,7 @@ fn generate(lm: &dyn BlockLm, prompt: &Tensor, mask: &BlockMask, new_tokens: usi
 }
 
 fn main() -> Result<()> {
+    evop::model::retain_freed_host_memory();
     let args = Args::parse();
     let devices = args.devices.iter().map(|d| evop::model::parse_device(d)).collect::<Result<Vec<_>, _>>()?;
     let device = devices.first().cloned().ok_or_else(|| anyhow::anyhow!("--devices is empty"))?;

@@ -85,6 +85,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    evop::model::retain_freed_host_memory();
     let a = Args::parse();
     let loss = match a.loss.as_str() {
         "nll" => LossKind::Nll,

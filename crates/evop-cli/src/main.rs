@@ -66,6 +66,7 @@ fn model_names() -> clap::builder::PossibleValuesParser {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    evop_model::retain_freed_host_memory();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     #[cfg(feature = "mpi")]

@@ -1,4 +1,5 @@
-//! Choosing a device by name: `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`.
+//! Choosing a device by name: `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`, and the process-wide
+//! settings that go with a device (TF32 on CUDA, how the host allocator keeps freed memory).
 //!
 //! Backends are cargo features forwarded to candle; asking for one that is not compiled in is an
 //! error that says which feature to enable.
@@ -76,6 +77,34 @@ pub fn logit_tolerance(device: &Device) -> f32 {
         1e-4
     } else {
         1e-3
+    }
+}
+
+/// Keeps memory that a CPU forward frees for its next allocations instead of handing it back to
+/// the operating system (glibc's malloc on Linux; a no-op elsewhere). Process-wide; evop's
+/// binaries call it at start, a library user may.
+///
+/// A CPU forward allocates and frees tens of MB per operation (8 x 512 tokens of SmolLM2: 25 MB
+/// per gate or up projection). glibc gives the top of its heap back once more than its trim
+/// threshold is free and serves large requests with fresh `mmap`s, so the same memory is returned
+/// and then faulted in and zeroed again by the kernel: about a tenth of a CPU forward's time at
+/// that shape went to page faults (`perf`, docs/performance.md). This fixes the mmap threshold at
+/// glibc's largest (32 MiB: larger blocks, such as a full vocabulary's logits, are still mapped
+/// and unmapped), never trims the heap, and grows it 512 MiB at a time. The price: a process
+/// keeps its peak heap until it exits. Returns whether every setting was accepted.
+pub fn retain_freed_host_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) == 1
+                && libc::mallopt(libc::M_TOP_PAD, 512 << 20) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
     }
 }
 

@@ -40,7 +40,7 @@ pub use arch::{
 };
 pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts, LossKind, DEFAULT_CACHE_BUDGET};
 pub use calibration::{default_cache_budget, default_stack_tokens};
-pub use device::{parse_device, parse_dtype};
+pub use device::{parse_device, parse_dtype, retain_freed_host_memory};
 pub use error::{ModelError, Result};
 pub use io::load::{load, load_placed, LoadOptions, LoadedModel};
 pub use io::save::save_pruned;

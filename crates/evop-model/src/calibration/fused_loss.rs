@@ -282,7 +282,7 @@ fn sliced_head_stats(normed: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Opti
     let mut stats = vec![RowStats::EMPTY; rows];
     for off in (0..v).step_by(VOCAB_SLICE) {
         let len = VOCAB_SLICE.min(v - off);
-        let mut z = normed.matmul(&w.narrow(0, off, len)?.t()?)?;
+        let mut z = crate::kernels::cpu_matmul::matmul(&normed, &w.narrow(0, off, len)?.t()?)?;
         if let Some(b) = bias {
             z = z.broadcast_add(&b.narrow(0, off, len)?)?;
         }

@@ -82,10 +82,10 @@ pub fn split_heads(xs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     xs.reshape((b, s, heads, hd / heads))?.transpose(1, 2)
 }
 
-/// [`split_heads`] as a contiguous tensor; on CUDA one copy kernel ([`crate::kernels::block_ops::to_heads`]).
+/// [`split_heads`] as a contiguous tensor; on CUDA and the CPU one copy op ([`crate::kernels::block_ops::to_heads`]).
 pub fn split_heads_contiguous(xs: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (b, s, hd) = xs.dims3()?;
-    if xs.device().is_cuda() && (hd / heads).is_multiple_of(8) && matches!(xs.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+    if (xs.device().is_cuda() || xs.device().is_cpu()) && (hd / heads).is_multiple_of(8) && matches!(xs.dtype(), DType::F32 | DType::BF16 | DType::F16) {
         return crate::kernels::block_ops::to_heads(&xs.reshape((b, s, heads, hd / heads))?);
     }
     split_heads(xs, heads)?.contiguous()

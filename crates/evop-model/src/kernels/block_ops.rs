@@ -9,9 +9,12 @@
 //!
 //! On a Llama-2-7B-shaped block at a 2,048-token prompt these steps took 0.21 ms (SiLU x up) and
 //! 0.26 ms (rotary with its copies) as tensor ops (docs/gpu.md). The CPU implementations are the
-//! same arithmetic, element by element: the reference the CUDA kernels are tested against (the
-//! CPU itself keeps [`crate::kernels`]' vectorised paths).
+//! same arithmetic, element by element, one output head block per rayon task: the reference the
+//! CUDA kernels are tested against, and the CPU path of [`rope_to_heads`] and [`to_heads`] too
+//! (they replace a strided copy to heads and candle's rope on its contiguous input; `silu_mul`
+//! on the CPU keeps [`crate::kernels`]' vectorised path).
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
 
 /// `silu(gate) * up` for two tensors of the same shape and dtype (f32, bf16, f16).
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
@@ -76,35 +79,36 @@ fn silu_mul_cpu<T: WithDType>(g: &[T], u: &[T]) -> Vec<T> {
         .collect()
 }
 
-fn rope_cpu<T: WithDType>(x: &[T], cos: &[T], sin: &[T], (b, s, h, d): (usize, usize, usize, usize)) -> Vec<T> {
+fn rope_cpu<T: WithDType>(x: &[T], cos: &[T], sin: &[T], (_, s, h, d): (usize, usize, usize, usize)) -> Vec<T> {
     let half = d / 2;
     let mut y = vec![T::zero(); x.len()];
-    for bi in 0..b {
-        for p in 0..s {
-            for hi in 0..h {
-                let xr = &x[((bi * s + p) * h + hi) * d..][..d];
-                let yr = &mut y[((bi * h + hi) * s + p) * d..][..d];
-                for i in 0..half {
-                    let (c, sn) = (cos[p * half + i].to_f64() as f32, sin[p * half + i].to_f64() as f32);
-                    let (x1, x2) = (xr[i].to_f64() as f32, xr[i + half].to_f64() as f32);
-                    yr[i] = T::from_f64((x1 * c - x2 * sn) as f64);
-                    yr[i + half] = T::from_f64((x2 * c + x1 * sn) as f64);
-                }
+    // One output block (b, h) of s x d at a time, in parallel: each reads the strided rows of its
+    // head and writes a contiguous block.
+    y.par_chunks_mut((s * d).max(1)).enumerate().for_each(|(bh, block)| {
+        let (bi, hi) = (bh / h, bh % h);
+        for (p, yr) in block.chunks_exact_mut(d).enumerate() {
+            let xr = &x[((bi * s + p) * h + hi) * d..][..d];
+            let (cr, sr) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+            let (y1, y2) = yr.split_at_mut(half);
+            for i in 0..half {
+                let (c, sn) = (cr[i].to_f64() as f32, sr[i].to_f64() as f32);
+                let (x1, x2) = (xr[i].to_f64() as f32, xr[i + half].to_f64() as f32);
+                y1[i] = T::from_f64((x1 * c - x2 * sn) as f64);
+                y2[i] = T::from_f64((x2 * c + x1 * sn) as f64);
             }
         }
-    }
+    });
     y
 }
 
-fn to_heads_cpu<T: WithDType>(x: &[T], (b, s, h, d): (usize, usize, usize, usize)) -> Vec<T> {
+fn to_heads_cpu<T: WithDType>(x: &[T], (_, s, h, d): (usize, usize, usize, usize)) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
-    for bi in 0..b {
-        for p in 0..s {
-            for hi in 0..h {
-                y[((bi * h + hi) * s + p) * d..][..d].copy_from_slice(&x[((bi * s + p) * h + hi) * d..][..d]);
-            }
+    y.par_chunks_mut((s * d).max(1)).enumerate().for_each(|(bh, block)| {
+        let (bi, hi) = (bh / h, bh % h);
+        for (p, yr) in block.chunks_exact_mut(d).enumerate() {
+            yr.copy_from_slice(&x[((bi * s + p) * h + hi) * d..][..d]);
         }
-    }
+    });
     y
 }
 

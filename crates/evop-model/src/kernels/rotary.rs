@@ -47,13 +47,13 @@ impl RotaryTable {
 
     /// Rotates `q` and `k` (each `(b, heads, seq, head_dim)`) for absolute positions starting at `offset`.
     ///
-    /// On CUDA, when `q` and `k` are the head views of projection outputs (as [`split_heads`]
-    /// makes them), one fused kernel per tensor rotates and transposes them
+    /// On CUDA and the CPU, when `q` and `k` are the head views of projection outputs (as
+    /// [`split_heads`] makes them), one fused op per tensor rotates and transposes them
     /// ([`crate::kernels::block_ops::rope_to_heads`]).
     pub fn apply(&self, q: &Tensor, k: &Tensor, offset: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let seq = q.dim(2)?;
         let (cos, sin) = self.rows(offset, seq)?;
-        if q.device().is_cuda() {
+        if q.device().is_cuda() || q.device().is_cpu() {
             let (qt, kt) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
             if qt.is_contiguous() && kt.is_contiguous() {
                 return Ok((crate::kernels::block_ops::rope_to_heads(&qt, &cos, &sin)?, crate::kernels::block_ops::rope_to_heads(&kt, &cos, &sin)?));
