@@ -255,14 +255,16 @@ pub fn attention_f32(
     Ok(())
 }
 
-/// The output pointer, shared by tasks that write disjoint parts of it.
+/// The output pointer, shared by tasks that write disjoint parts of it (also the tiles of
+/// [`super::cpu_matmul`]).
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 // SAFETY: only used for disjoint writes from the tasks of one parallel loop (see above).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
-    fn get(self) -> *mut f32 {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -12,6 +12,8 @@ use std::ops::Range;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_attention::SharedOut;
+
 /// Columns below which a column strip is not split further (a few 16-lane AVX-512 kernels wide).
 const MIN_TILE_COLS: usize = 128;
 /// Rows below which a row block is not split further.
@@ -63,20 +65,6 @@ fn split(len: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
 
 struct TiledMatMul;
 
-/// A raw pointer that the tiles may share: each writes only its own disjoint tile.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: the tiles of `tiles` are disjoint, so no element is written by two workers.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// A 2-D strided view of f32 storage: base slice (from the layout's offset), row and column strides.
 struct View<'a> {
     data: &'a [f32],
@@ -122,6 +110,7 @@ impl CustomOp2 for TiledMatMul {
         let (m, k, n) = (a.rows, a.cols, b.cols);
         let mut out = vec![0f32; m * n];
         if m > 0 && n > 0 && k > 0 {
+            // Each tile writes only its own disjoint part of `out`.
             let dst = SharedOut(out.as_mut_ptr());
             let run = |(rows, cols): &(Range<usize>, Range<usize>)| {
                 // SAFETY: the tile (rows, cols) lies inside the m x n output (row stride n) and inside
