@@ -13,6 +13,8 @@ pub enum EvopError {
     Baseline(#[from] evop_baselines::BaselineError),
     #[error(transparent)]
     Assets(#[from] evop_assets::AssetError),
+    #[error(transparent)]
+    Heal(#[from] evop_heal::HealError),
     /// A setting is out of range or inconsistent.
     #[error("invalid setting `{field}` = {value}: {message}")]
     Config { field: &'static str, value: String, message: String },

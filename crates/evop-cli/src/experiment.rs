@@ -229,27 +229,10 @@ impl ExperimentArgs {
     }
 
     fn corpus(&self) -> Result<Corpus> {
-        let path = match &self.corpus {
-            Some(p) => p.clone(),
-            None => return Ok(read_wikipedia_leads(&evop::assets::AssetStore::from_env().wikipedia_leads()?)?),
-        };
-        let name = path.to_string_lossy().to_string();
-        Ok(if path.is_dir() {
-            Corpus::from_text_dir(&path)?
-        } else if name.ends_with(".jsonl") {
-            Corpus::from_jsonl(&path, "text")?
-        } else if name.ends_with(".json") {
-            read_wikipedia_leads(&path)?
-        } else {
-            // A plain text file: one document per paragraph (blank-line separated), so the
-            // evaluation split (every tenth document) and the calibration pool both get text.
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let paragraphs: Vec<&str> = text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).collect();
-            if paragraphs.is_empty() {
-                bail!("{}: the corpus is empty", path.display());
-            }
-            Corpus::from_texts(name, &paragraphs)
-        })
+        match &self.corpus {
+            Some(p) => read_corpus(p),
+            None => Ok(read_wikipedia_leads(&evop::assets::AssetStore::from_env().wikipedia_leads()?)?),
+        }
     }
 
     pub fn calibration_spec(&self) -> Result<CalibrationSpec> {
@@ -323,6 +306,27 @@ impl ExperimentArgs {
     }
 }
 
+/// Reads a corpus: a directory of text files, a JSONL file (`text` field), the Wikipedia leads
+/// JSON, or a plain text file (one document per blank-line-separated paragraph, so the
+/// evaluation split (every tenth document) and the calibration pool both get text).
+pub fn read_corpus(path: &std::path::Path) -> Result<Corpus> {
+    let name = path.to_string_lossy().to_string();
+    Ok(if path.is_dir() {
+        Corpus::from_text_dir(path)?
+    } else if name.ends_with(".jsonl") {
+        Corpus::from_jsonl(path, "text")?
+    } else if name.ends_with(".json") {
+        read_wikipedia_leads(path)?
+    } else {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let paragraphs: Vec<&str> = text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).collect();
+        if paragraphs.is_empty() {
+            bail!("{}: the corpus is empty", path.display());
+        }
+        Corpus::from_texts(name, &paragraphs)
+    })
+}
+
 /// One method's answer.
 #[derive(Clone, Debug, Serialize)]
 pub struct MethodRun {
@@ -346,6 +350,8 @@ pub struct MethodRun {
     /// each window they read.
     pub seed_method: String,
     pub seed_tokens: usize,
+    /// The answer after `--heal` (none without it).
+    pub healed: Option<crate::heal::HealedRun>,
 }
 
 /// How a command runs one method: [`run_method`] in one process, or `mpi::run_method` across ranks.
@@ -428,6 +434,7 @@ pub fn run_method(
         seed_windows,
         seed_method,
         seed_tokens,
+        healed: None,
     })
 }
 

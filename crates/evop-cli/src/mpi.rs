@@ -322,6 +322,7 @@ fn distributed_evop(
         seed_windows: 0,
         seed_method: String::new(),
         seed_tokens: 0,
+        healed: None,
     })
 }
 

@@ -10,6 +10,7 @@
 //! tokens of the evaluation split (each distinct mask evaluated once).
 use crate::experiment::{evaluate, ExperimentArgs, MethodRun, MethodRunner};
 use anyhow::{bail, Context, Result};
+use evop::heal::Healer;
 use evop::model::BlockMask;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,9 +48,12 @@ pub struct Args {
     #[arg(long)]
     pub no_save: bool,
     /// Also write the pruned model as this GGUF file (GGUF models only): the kept blocks' tensors
-    /// copied byte for byte in their quantisation. Written even with --no-save; never overwrites.
+    /// copied byte for byte in their quantisation, healed tensors re-quantised to their original
+    /// type. Written even with --no-save; never overwrites.
     #[arg(long, value_name = "PATH")]
     pub gguf: Option<PathBuf>,
+    #[command(flatten)]
+    pub heal: crate::heal::HealArgs,
 }
 
 /// SLEB given the wall time of EvoP's run `evop` (on SLEB's protocol: random windows of the
@@ -145,6 +149,7 @@ pub fn run(args: Args) -> Result<()> {
 /// The settings checked before anything is downloaded, loaded or written.
 pub fn check_settings(args: &Args) -> Result<()> {
     crate::checks::experiment(&args.exp)?;
+    args.heal.check()?;
     crate::checks::method("--method", &args.method, &[])?;
     for m in args.compare.iter().filter(|m| !matches!(m.as_str(), "none" | "sleb@time")) {
         crate::checks::method("--compare", m, &["sleb@time", "none"])?;
@@ -243,11 +248,19 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         });
     }
 
+    let calib_windows = calib.token_windows();
+    let healings = crate::heal::heal_runs(&args.exp, &args.heal, &setup, &mut runs, Some(&calib_windows))?;
+
     let name = setup.model.source.file_name().map_or_else(|| setup.model.source.display().to_string(), |f| f.to_string_lossy().into_owned());
     println!("\nDepth pruning of {name}: {n} of {l} blocks, calibration {} x {} tokens ({}), evaluation {} tokens",
         calib.len(), args.exp.seqlen, args.exp.calib, setup.eval.tokens());
     if args.method == "evop" {
         println!("EvoP search: {}", args.exp.search_summary());
+    }
+    if args.heal.enabled() {
+        println!("Healing: {} on {} x {} CCDS tokens of the calibration pool{}, guard {} windows",
+            args.heal.healer(args.exp.batch_size).name(), args.heal.heal_windows, args.heal.heal_seqlen,
+            args.heal.heal_corpus.as_ref().map_or(String::new(), |p| format!(" and {}", p.display())), args.heal.heal_guard_windows);
     }
     println!();
     println!("| model | removed blocks | calib NLL | eval PPL | search s |");
@@ -258,6 +271,15 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
             "| {} | {:?} | {:.4} | {:.3} | {:.1} |",
             r.method, r.removed, r.calibration_nll, r.eval.as_ref().map_or(f64::NAN, |e| e.overall.perplexity), r.search_seconds
         );
+        if let Some(h) = &r.healed {
+            println!(
+                "| {} + healed ({} of {} runs patched, {:.1} s) | {:?} | {:.4} | {:.3} | {:.1} |",
+                r.method, h.patched_runs, h.runs.len(), h.seconds, r.removed, h.calibration_nll.unwrap_or(f64::NAN), h.eval.overall.perplexity, r.search_seconds + h.seconds
+            );
+        }
+    }
+    if let Some(h) = &runs[0].healed {
+        println!("\nHealing of {} ({:?}):\n{}", runs[0].method, runs[0].removed, crate::heal::describe(h));
     }
 
     let rows: Vec<(String, Vec<usize>)> = runs.iter().map(|r| (r.method.clone(), r.removed.clone())).collect();
@@ -271,19 +293,28 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         "search": { "preset": args.exp.preset.name(&args.exp.model.device), "population": args.exp.population(),
                     "stalled": args.exp.stalled(), "finalists": args.exp.finalists() },
         "dense": dense,
+        "heal": if args.heal.enabled() { serde_json::json!({ "healer": args.heal.healer(args.exp.batch_size).name(), "windows": args.heal.heal_windows,
+            "guard_windows": args.heal.heal_guard_windows, "seqlen": args.heal.heal_seqlen, "corpus": args.heal.heal_corpus }) } else { serde_json::Value::Null },
         "runs": runs,
     });
     let text = serde_json::to_string_pretty(&report)?;
     crate::common::atomic_write(&args.out.join("report.json"), text.as_bytes())?;
+    let mask = BlockMask::from_removed(l, &runs[0].removed)?;
+    let healing = healings.first().cloned().flatten();
+    let healed_label = if healing.is_some() { " healed" } else { "" };
     if !args.no_save {
-        let mask = BlockMask::from_removed(l, &runs[0].removed)?;
-        evop::model::save_pruned(&setup.model, &mask, &model_dir).with_context(|| format!("saving the pruned model to {}", model_dir.display()))?;
-        println!("\npruned model ({}) written to {}", runs[0].method, model_dir.display());
+        let mut model = setup.model;
+        if let Some(h) = &healing {
+            h.apply(&mut model)?;
+        }
+        evop::model::save_pruned(&model, &mask, &model_dir).with_context(|| format!("saving the pruned model to {}", model_dir.display()))?;
+        println!("\npruned{healed_label} model ({}) written to {}", runs[0].method, model_dir.display());
     }
     if let (Some(dest), Some(source)) = (&args.gguf, &gguf_source) {
-        let mask = BlockMask::from_removed(l, &runs[0].removed)?;
-        evop::model::io::gguf_write::write_pruned_gguf(source, &mask, dest).with_context(|| format!("writing the pruned GGUF {}", dest.display()))?;
-        println!("pruned GGUF ({}) written to {}", runs[0].method, dest.display());
+        let patched = healing.as_ref().map(|h| h.replacements.clone()).unwrap_or_default();
+        evop::model::io::gguf_write::write_pruned_gguf_patched(source, &mask, &patched, dest)
+            .with_context(|| format!("writing the pruned GGUF {}", dest.display()))?;
+        println!("pruned{healed_label} GGUF ({}) written to {}", runs[0].method, dest.display());
     }
     // The extra copy last: if it fails, `--out` already holds the complete results.
     if let Some(p) = &args.json {

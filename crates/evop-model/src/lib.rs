@@ -36,7 +36,7 @@ pub mod perplexity;
 
 pub use arch::{
     forward, forward_cached, forward_masked, hidden_states, run_blocks, Architecture, AttnContext, BlockLm, KvCache,
-    LayerCache, ModelInfo,
+    LayerCache, ModelInfo, BlockParts, MlpOutProjection,
 };
 pub use calibration::{CalibrationEvaluator, EvaluatorOptions, ForwardCounts, LossKind, DEFAULT_CACHE_BUDGET};
 pub use calibration::{default_cache_budget, default_stack_tokens};

@@ -114,6 +114,25 @@ impl KvCache {
     }
 }
 
+/// The two summands of a pre-norm block's output: `output = after_attention + mlp_out`, where
+/// `after_attention` is the residual stream after the attention sub-block (the input of the
+/// post-attention norm) and `mlp_out` the MLP's output projection (bias included), each
+/// `(b, s, h)`. A linear map folded into that projection (`W <- T^T W`, `b <- T^T b`) turns
+/// `mlp_out` into `mlp_out · T`: what a training-free healer fits.
+#[derive(Clone, Debug)]
+pub struct BlockParts {
+    pub after_attention: Tensor,
+    pub mlp_out: Tensor,
+}
+
+/// The Hugging Face names of a block's MLP output projection: the weight `(h, ffn)` and its bias
+/// `(h,)` where the architecture has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlpOutProjection {
+    pub weight: String,
+    pub bias: Option<String>,
+}
+
 /// Block-level forward of a decoder-only language model. Implemented by every architecture.
 pub trait BlockLm: Send + Sync {
     /// Sizes, dtype and device.
@@ -130,6 +149,21 @@ pub trait BlockLm: Send + Sync {
         ctx: &AttnContext,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor>;
+
+    /// Block `index` on `hidden` split into the stream after attention and the MLP output (see
+    /// [`BlockParts`]); their sum is [`BlockLm::block`]'s output. An error where the block's
+    /// output is not such a sum (a norm after the residual add, as in post-norm OPT).
+    fn block_parts(&self, index: usize, hidden: &Tensor, ctx: &AttnContext) -> Result<BlockParts> {
+        let _ = (index, hidden, ctx);
+        Err(ModelError::Input(format!("{}: blocks cannot be split into attention and MLP parts", self.info().architecture)))
+    }
+
+    /// The weight names of block `index`'s MLP output projection, where a linear map on the MLP
+    /// output can be folded into it (see [`BlockParts`]); an error naming the reason otherwise.
+    fn mlp_out_projection(&self, index: usize) -> Result<MlpOutProjection> {
+        let _ = index;
+        Err(ModelError::Input(format!("{}: no foldable MLP output projection", self.info().architecture)))
+    }
 
     /// The final normalisation (and projection, where the architecture has one) before the head.
     fn final_norm(&self, hidden: &Tensor) -> Result<Tensor>;

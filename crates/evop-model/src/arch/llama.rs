@@ -6,7 +6,7 @@
 //!
 //! The variants differ only in [`AttentionLayout::of`].
 use crate::error::{ModelError, Result};
-use super::block_lm::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
+use super::block_lm::{Architecture, AttnContext, BlockLm, BlockParts, LayerCache, MlpOutProjection, ModelInfo};
 use crate::kernels::{self, split_heads, RotaryTable};
 use candle_core::{Device, Module, Tensor};
 use crate::kernels::Linear;
@@ -256,22 +256,23 @@ fn move_to(t: &Tensor, device: &Device) -> candle_core::Result<Tensor> {
     t.to_device(device)
 }
 
-impl BlockLm for Llama {
-    fn info(&self) -> &ModelInfo {
-        &self.info
+impl Llama {
+    fn check_index(&self, index: usize) -> Result<()> {
+        if index >= self.blocks.len() {
+            return Err(ModelError::Input(format!("block {index} does not exist: the model has {} blocks", self.blocks.len())));
+        }
+        Ok(())
     }
 
-    fn embed(&self, input_ids: &Tensor, _offset: usize) -> Result<Tensor> {
-        Ok(self.embed.forward(input_ids)?)
-    }
-
-    fn block(
+    /// Block `index`'s output as its two summands: the stream after attention and the MLP output.
+    fn block_summands(
         &self,
         index: usize,
         hidden: &Tensor,
         ctx: &AttnContext,
         cache: Option<&mut LayerCache>,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Tensor)> {
+        self.check_index(index)?;
         let b = &self.blocks[index];
         let stage = self.block_stage[index];
         let device = &self.devices[stage];
@@ -293,7 +294,38 @@ impl BlockLm for Llama {
         let x = kernels::add(hidden, &b.attn.forward(&b.input_norm.forward(hidden)?, &self.rotary[stage], ctx, cache)?)?;
         let n = b.post_attn_norm.forward(&x)?;
         let mlp = b.mlp.down.forward(&kernels::silu_mul(&b.mlp.gate.forward(&n)?, &b.mlp.up.forward(&n)?)?)?;
+        Ok((x, mlp))
+    }
+}
+
+impl BlockLm for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn embed(&self, input_ids: &Tensor, _offset: usize) -> Result<Tensor> {
+        Ok(self.embed.forward(input_ids)?)
+    }
+
+    fn block(
+        &self,
+        index: usize,
+        hidden: &Tensor,
+        ctx: &AttnContext,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let (x, mlp) = self.block_summands(index, hidden, ctx, cache)?;
         Ok(kernels::add(&x, &mlp)?)
+    }
+
+    fn block_parts(&self, index: usize, hidden: &Tensor, ctx: &AttnContext) -> Result<BlockParts> {
+        let (after_attention, mlp_out) = self.block_summands(index, hidden, ctx, None)?;
+        Ok(BlockParts { after_attention, mlp_out })
+    }
+
+    fn mlp_out_projection(&self, index: usize) -> Result<MlpOutProjection> {
+        self.check_index(index)?;
+        Ok(MlpOutProjection { weight: format!("model.layers.{index}.mlp.down_proj.weight"), bias: None })
     }
 
     fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {

@@ -12,7 +12,7 @@ pub mod opt;
 
 pub use block_lm::{
     forward, forward_cached, forward_masked, hidden_states, run_blocks, Architecture, AttnContext, BlockLm, KvCache,
-    LayerCache, ModelInfo,
+    LayerCache, ModelInfo, BlockParts, MlpOutProjection,
 };
 
 use crate::error::{ModelError, Result};

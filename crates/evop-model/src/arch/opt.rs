@@ -3,7 +3,7 @@
 //! ReLU MLP, pre- or post-norm (`do_layer_norm_before`), and `project_in` / `project_out` when the
 //! embedding width differs from the hidden size (OPT-350m).
 use crate::error::{ModelError, Result};
-use super::block_lm::{Architecture, AttnContext, BlockLm, LayerCache, ModelInfo};
+use super::block_lm::{Architecture, AttnContext, BlockLm, BlockParts, LayerCache, MlpOutProjection, ModelInfo};
 use crate::kernels::{causal_attention, split_heads, split_heads_contiguous};
 use candle_core::{Module, Tensor};
 use crate::kernels::Linear;
@@ -159,6 +159,52 @@ impl Opt {
     }
 }
 
+impl Opt {
+    fn check_foldable(&self, index: usize) -> Result<()> {
+        if index >= self.blocks.len() {
+            return Err(ModelError::Input(format!("block {index} does not exist: the model has {} blocks", self.blocks.len())));
+        }
+        if !self.pre_norm {
+            return Err(ModelError::Input(
+                "post-norm OPT (do_layer_norm_before: false) normalises after the residual add: a block's output is not \
+                 the stream after attention plus the MLP output, so no linear patch can be folded into fc2"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Block `index`'s stream after attention (after its norm, in post-norm blocks) and its MLP
+    /// output before the residual add.
+    fn block_summands(
+        &self,
+        index: usize,
+        hidden: &Tensor,
+        ctx: &AttnContext,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<(Tensor, Tensor)> {
+        if index >= self.blocks.len() {
+            return Err(ModelError::Input(format!("block {index} does not exist: the model has {} blocks", self.blocks.len())));
+        }
+        let b = &self.blocks[index];
+        let norm_in = |x: &Tensor, n: &LayerNorm| if self.pre_norm { n.forward(x) } else { Ok(x.clone()) };
+        let norm_out = |x: Tensor, n: &LayerNorm| if self.pre_norm { Ok(x) } else { n.forward(&x) };
+        let x = norm_in(hidden, &b.attn_norm)?;
+        let q = split_heads(&b.q.forward(&x)?, self.heads)?;
+        let k = split_heads_contiguous(&b.k.forward(&x)?, self.heads)?;
+        let v = split_heads_contiguous(&b.v.forward(&x)?, self.heads)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(k, v)?,
+            None => (k, v),
+        };
+        let attn = b.out.forward(&causal_attention(&q, &k, &v, ctx, self.scale)?)?;
+        let x = norm_out((hidden + attn)?, &b.attn_norm)?;
+        let n = norm_in(&x, &b.mlp_norm)?;
+        let mlp = b.fc2.forward(&b.fc1.forward(&n)?.relu()?)?;
+        Ok((x, mlp))
+    }
+}
+
 impl BlockLm for Opt {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -183,22 +229,26 @@ impl BlockLm for Opt {
         ctx: &AttnContext,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
+        let (x, mlp) = self.block_summands(index, hidden, ctx, cache)?;
         let b = &self.blocks[index];
-        let norm_in = |x: &Tensor, n: &LayerNorm| if self.pre_norm { n.forward(x) } else { Ok(x.clone()) };
-        let norm_out = |x: Tensor, n: &LayerNorm| if self.pre_norm { Ok(x) } else { n.forward(&x) };
-        let x = norm_in(hidden, &b.attn_norm)?;
-        let q = split_heads(&b.q.forward(&x)?, self.heads)?;
-        let k = split_heads_contiguous(&b.k.forward(&x)?, self.heads)?;
-        let v = split_heads_contiguous(&b.v.forward(&x)?, self.heads)?;
-        let (k, v) = match cache {
-            Some(c) => c.append(k, v)?,
-            None => (k, v),
-        };
-        let attn = b.out.forward(&causal_attention(&q, &k, &v, ctx, self.scale)?)?;
-        let x = norm_out((hidden + attn)?, &b.attn_norm)?;
-        let n = norm_in(&x, &b.mlp_norm)?;
-        let mlp = b.fc2.forward(&b.fc1.forward(&n)?.relu()?)?;
-        Ok(norm_out((x + mlp)?, &b.mlp_norm)?)
+        Ok(if self.pre_norm { (x + mlp)? } else { b.mlp_norm.forward(&(x + mlp)?)? })
+    }
+
+    /// Pre-norm OPT only: post-norm blocks (`do_layer_norm_before: false`, OPT-350m) normalise
+    /// after the residual add, so their output is not `after_attention + mlp_out`.
+    fn block_parts(&self, index: usize, hidden: &Tensor, ctx: &AttnContext) -> Result<BlockParts> {
+        self.check_foldable(index)?;
+        let (after_attention, mlp_out) = self.block_summands(index, hidden, ctx, None)?;
+        Ok(BlockParts { after_attention, mlp_out })
+    }
+
+    fn mlp_out_projection(&self, index: usize) -> Result<MlpOutProjection> {
+        self.check_foldable(index)?;
+        let prefix = format!("model.decoder.layers.{index}.fc2");
+        Ok(MlpOutProjection {
+            weight: format!("{prefix}.weight"),
+            bias: self.blocks[index].fc2.bias().map(|_| format!("{prefix}.bias")),
+        })
     }
 
     fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {

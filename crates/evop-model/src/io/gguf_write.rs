@@ -1,4 +1,5 @@
-//! Writing a pruned model back as GGUF (the llama.cpp format), without touching its weights.
+//! Writing a pruned model back as GGUF (the llama.cpp format), optionally with some tensors
+//! replaced by new values (a healed block's patched `mlp.down_proj`).
 //!
 //! [`write_pruned_gguf`] reads a GGUF file of an architecture evop loads and writes a copy that
 //! lacks the removed blocks:
@@ -19,6 +20,18 @@
 //!   zeros to the alignment, tensors laid out contiguously in the order of the tensor directory
 //!   (what llama.cpp's reader checks).
 //!
+//! [`write_pruned_gguf_patched`] does the same and also replaces tensors given by their Hugging
+//! Face names (in the source's block numbering) with new values, **re-quantised** to the source
+//! tensor's ggml type with candle's quantiser (`QTensor::quantize`, the reference ggml algorithms:
+//! round-to-nearest per block for Q4_0..Q8_0, the scale/min search of `quantize_row_q*_K_ref`
+//! for the K-quants, no importance matrix). A patched tensor keeps its place, name (renumbered),
+//! dimensions and type; only its bytes change (same byte size). llama `attn_q`/`attn_k` weights,
+//! which llama.cpp stores with their rows permuted for interleaved RoPE, are permuted the same
+//! way (the inverse of [`crate::io::gguf::unpermute_rows`]) before quantising, so a patched Q/K
+//! weight is given in Hugging Face row order like every other tensor. The new names of the
+//! re-quantised tensors are recorded under [`PATCHED_TENSORS_KEY`]. Every tensor not patched is
+//! still copied byte for byte.
+//!
 //! The file is written to a temporary sibling (`.NAME.evop-tmp-PID-N`, created like
 //! [`std::fs::File::create`]: mode 0666 under the umask), synced, and then linked into place
 //! without replacing anything: an existing destination is never overwritten, and an interrupted
@@ -26,7 +39,10 @@
 use crate::error::{ModelError, Result};
 use crate::io::gguf::GgufFile;
 use crate::mask::BlockMask;
-use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -37,6 +53,9 @@ pub const REMOVED_BLOCKS_KEY: &str = "general.evop.removed_blocks";
 pub const ORIGINAL_BLOCK_COUNT_KEY: &str = "general.evop.original_block_count";
 /// The source's file name (string).
 pub const SOURCE_KEY: &str = "general.evop.source";
+/// Array of the new GGUF names of the re-quantised (patched) tensors, in file order (strings);
+/// written only when some tensor was patched.
+pub const PATCHED_TENSORS_KEY: &str = "general.evop.patched_tensors";
 /// Prefix of the keys this writer owns (dropped from the source, then written anew).
 const EVOP_PREFIX: &str = "general.evop.";
 
@@ -79,8 +98,29 @@ pub fn gguf_block_count(path: &Path) -> Result<usize> {
 /// file `dest` (see the module documentation). Errors name the file and the tensor or metadata
 /// key at fault; `dest` must not exist.
 pub fn write_pruned_gguf(source: &Path, mask: &BlockMask, dest: &Path) -> Result<()> {
+    write_pruned_gguf_patched(source, mask, &HashMap::new(), dest)
+}
+
+/// [`write_pruned_gguf`] with the tensors of `patched` replaced: each key is a Hugging Face name
+/// in the **source's** block numbering (`model.layers.12.mlp.down_proj.weight`), each value a
+/// tensor of that weight's Hugging Face shape (any float dtype, any device). Each is re-quantised
+/// to the source tensor's ggml type and written in place of the source's bytes (see the module
+/// documentation; llama Q/K weights are given in Hugging Face row order and permuted here as
+/// llama.cpp expects). The new names of the patched tensors are recorded under
+/// [`PATCHED_TENSORS_KEY`] when `patched` is not empty.
+///
+/// Everything is checked (and quantised) before anything is written. Errors (naming the file and
+/// the tensor): a name that maps to no tensor of the file, a tensor of a block `mask` removes, a
+/// shape other than the source tensor's, a non-float or non-finite tensor, a quantisation whose
+/// byte size differs from the source tensor's; `dest` must not exist.
+pub fn write_pruned_gguf_patched(
+    source: &Path,
+    mask: &BlockMask,
+    patched: &HashMap<String, Tensor>,
+    dest: &Path,
+) -> Result<()> {
     refuse_existing(dest)?;
-    let plan = Plan::new(source, mask)?;
+    let plan = Plan::new(source, mask, patched)?;
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let (tmp, file) = create_temp(dir, dest)?;
@@ -208,12 +248,20 @@ struct Plan {
     source: PathBuf,
     header: Vec<u8>,
     alignment: u64,
-    /// (source data offset in the file, byte size) of each written tensor, in order.
-    data: Vec<(String, u64, u64)>,
+    /// The data of each written tensor, in order.
+    data: Vec<TensorData>,
+}
+
+/// Where a written tensor's bytes come from.
+enum TensorData {
+    /// Copied from the source: (source name, data offset in the file, byte size).
+    Copy(String, u64, u64),
+    /// Re-quantised bytes of a patched tensor.
+    Bytes(Vec<u8>),
 }
 
 impl Plan {
-    fn new(source: &Path, mask: &BlockMask) -> Result<Self> {
+    fn new(source: &Path, mask: &BlockMask, patched: &HashMap<String, Tensor>) -> Result<Self> {
         let gguf = GgufFile::open(source)?;
         gguf.arch_spec()?;
         let arch = gguf.architecture()?;
@@ -241,6 +289,28 @@ impl Plan {
             }
             v
         };
+
+        // Patched tensors: GGUF name -> HF name, each checked against the directory and the mask.
+        let mut patch_names: HashMap<String, &str> = HashMap::with_capacity(patched.len());
+        let mut hf_sorted: Vec<&String> = patched.keys().collect();
+        hf_sorted.sort();
+        for hf in hf_sorted {
+            let name = match gguf_name(hf) {
+                None => return Err(err(format!("patched tensor `{hf}` maps to no GGUF tensor name (not a Hugging Face name of a Llama-family weight)"))),
+                Some(n) if !content.tensor_infos.contains_key(&n) => {
+                    return Err(err(format!("patched tensor `{hf}` maps to `{n}`, which is not a tensor of the file")))
+                }
+                Some(n) => n,
+            };
+            if let Some(idx) = block_of(&name) {
+                if new_index.get(idx).is_some_and(Option::is_none) {
+                    return Err(err(format!(
+                        "patched tensor `{hf}` (`{name}`) is in block {idx}, which the block mask removes"
+                    )));
+                }
+            }
+            patch_names.insert(name, hf.as_str());
+        }
 
         // Alignment as candle reads it (and so as the source's data offsets were computed).
         let alignment = match content.metadata.get("general.alignment") {
@@ -286,6 +356,7 @@ impl Plan {
         let mut s = Vec::new();
         put_str(&mut s, name.as_bytes());
         out_kvs.push((SOURCE_KEY.as_bytes().to_vec(), T_STRING, s));
+        let mut patched_new_names = Vec::new();
 
         // Tensors: removed blocks dropped, kept blocks renamed, sizes from the ggml types.
         let mut out_tensors: Vec<(String, &RawTensor, u64)> = Vec::new();
@@ -314,8 +385,30 @@ impl Plan {
             let size = (elems / bs * ts) as u64;
             let start = content.tensor_data_offset.checked_add(t.offset).filter(|s| s.checked_add(size).is_some_and(|e| e <= file_len));
             let start = start.ok_or_else(|| err(format!("tensor `{}`: {size} bytes at data offset {} run past the end of the file ({file_len} bytes)", t.name, t.offset)))?;
-            data.push((t.name.clone(), start, size));
+            match patch_names.get(&t.name) {
+                None => data.push(TensorData::Copy(t.name.clone(), start, size)),
+                Some(hf) => {
+                    let bytes = requantise(source, &gguf, &arch, &t.name, hf, &patched[*hf])?;
+                    if bytes.len() as u64 != size {
+                        return Err(err(format!(
+                            "patched tensor `{hf}` (`{}`): re-quantised to {:?} it is {} bytes, the source tensor {size}",
+                            t.name,
+                            info.ggml_dtype,
+                            bytes.len()
+                        )));
+                    }
+                    data.push(TensorData::Bytes(bytes));
+                    patched_new_names.push(new_name.clone());
+                }
+            }
             out_tensors.push((new_name, t, size));
+        }
+        if !patched_new_names.is_empty() {
+            let mut arr = Vec::new();
+            put_u32(&mut arr, T_STRING);
+            put_u64(&mut arr, patched_new_names.len() as u64);
+            patched_new_names.iter().for_each(|n| put_str(&mut arr, n.as_bytes()));
+            out_kvs.push((PATCHED_TENSORS_KEY.as_bytes().to_vec(), T_ARRAY, arr));
         }
 
         // The new header.
@@ -350,18 +443,120 @@ impl Plan {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
         w.write_all(&self.header).map_err(io_dest)?;
         let mut buf = Vec::new();
-        for (name, start, size) in &self.data {
-            buf.resize(*size as usize, 0);
-            src.seek(SeekFrom::Start(*start))
-                .and_then(|_| src.read_exact(&mut buf))
-                .map_err(|e| gguf_err(&self.source, format!("tensor `{name}`: reading {size} bytes at offset {start}: {e}")))?;
-            w.write_all(&buf).map_err(io_dest)?;
+        for data in &self.data {
+            let bytes: &[u8] = match data {
+                TensorData::Copy(name, start, size) => {
+                    buf.resize(*size as usize, 0);
+                    src.seek(SeekFrom::Start(*start)).and_then(|_| src.read_exact(&mut buf)).map_err(|e| {
+                        gguf_err(&self.source, format!("tensor `{name}`: reading {size} bytes at offset {start}: {e}"))
+                    })?;
+                    &buf
+                }
+                TensorData::Bytes(bytes) => bytes,
+            };
+            w.write_all(bytes).map_err(io_dest)?;
+            let size = bytes.len() as u64;
             let pad = size.div_ceil(self.alignment) * self.alignment - size;
             w.write_all(&vec![0u8; pad as usize]).map_err(io_dest)?;
         }
         let file = w.into_inner().map_err(|e| io_dest(e.into_error()))?;
         file.sync_all().map_err(io_dest)
     }
+}
+
+/// The GGUF name of a Hugging Face tensor name of a Llama-family model: the inverse of
+/// `io::gguf`'s `hf_name` (private there; the unit test below lists its pairs). Block indices are
+/// canonical decimal numbers (`07` maps to nothing).
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (idx, part) = rest.split_once('.')?;
+    if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) || (idx.len() > 1 && idx.starts_with('0')) {
+        return None;
+    }
+    let idx: usize = idx.parse().ok()?;
+    let gguf = match part {
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.o_proj.bias" => "attn_output.bias",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{idx}.{gguf}"))
+}
+
+/// The block index of a GGUF tensor name `blk.{i}.*`.
+fn block_of(gguf_name: &str) -> Option<usize> {
+    gguf_name.strip_prefix("blk.")?.split_once('.')?.0.parse().ok()
+}
+
+/// llama.cpp's Q/K row permutation for interleaved RoPE (`convert_hf_to_gguf.py`,
+/// `LlamaModel.permute`): rows ordered `(head, half, i)` become `(head, i, half)`; the inverse of
+/// [`crate::io::gguf::unpermute_rows`].
+fn permute_rows(w: &Tensor, heads: usize) -> std::result::Result<Tensor, String> {
+    let (rows, cols) = w.dims2().map_err(|e| e.to_string())?;
+    if heads == 0 || rows % (2 * heads) != 0 {
+        return Err(format!("{rows} rows do not split into {heads} heads of even size"));
+    }
+    let permuted = w.reshape((heads, 2, rows / heads / 2, cols)).and_then(|t| t.transpose(1, 2)).and_then(|t| t.reshape((rows, cols)));
+    permuted.and_then(|t| t.contiguous()).map_err(|e| e.to_string())
+}
+
+/// The bytes of the patched tensor `hf` (the source's `name`) quantised to the source tensor's
+/// ggml type, in the source's layout; every check of its value is here.
+fn requantise(source: &Path, gguf: &GgufFile, arch: &str, name: &str, hf: &str, value: &Tensor) -> Result<Vec<u8>> {
+    let err = |m: String| gguf_err(source, format!("patched tensor `{hf}` (`{name}`): {m}"));
+    let content: &Content = &gguf.content;
+    let info = &content.tensor_infos[name];
+    let want = info.shape.dims();
+    if !value.dtype().is_float() {
+        return Err(err(format!("has dtype {:?}, not a float type", value.dtype())));
+    }
+    if value.dims() != want {
+        return Err(err(format!("has shape {:?}, the source tensor {want:?}", value.dims())));
+    }
+    let to_f32 = value.to_device(&Device::Cpu).and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.contiguous());
+    let mut t = to_f32.map_err(|e| err(format!("cannot be read as f32 on the CPU: {e}")))?;
+    let values = t.flatten_all().and_then(|f| f.to_vec1::<f32>()).map_err(|e| err(e.to_string()))?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(err(format!("element {i} is {}, not finite", values[i])));
+    }
+    let permutes = gguf.arch_spec()?.gguf_permutes_qk;
+    let heads_key = if permutes && name.ends_with(".attn_q.weight") {
+        Some(format!("{arch}.attention.head_count"))
+    } else if permutes && name.ends_with(".attn_k.weight") {
+        Some(format!("{arch}.attention.head_count_kv"))
+    } else {
+        None
+    };
+    if let Some(key) = heads_key {
+        // `head_count_kv` defaults to `head_count`, as llama.cpp reads it.
+        let head_count = format!("{arch}.attention.head_count");
+        let v = content.metadata.get(&key).or_else(|| content.metadata.get(&head_count));
+        let heads = v.and_then(int_value).ok_or_else(|| err(format!("metadata `{key}` is missing or not an integer")))?;
+        t = permute_rows(&t, heads as usize).map_err(|m| err(format!("cannot permute its rows as llama.cpp does: {m}")))?;
+    }
+    let dtype: GgmlDType = info.ggml_dtype;
+    let q = QTensor::quantize(&t, dtype).map_err(|e| err(format!("cannot be quantised to {dtype:?}: {e}")))?;
+    let bytes = q.data().map_err(|e| err(format!("quantised to {dtype:?}: {e}")))?;
+    Ok(bytes.into_owned())
 }
 
 /// Reads the metadata entries and the tensor directory from the raw header of a v2 or v3 file.
@@ -511,6 +706,49 @@ mod tests {
         put_str(&mut want, b"ccc");
         assert_eq!(array_len(&v), Some(3));
         assert_eq!(filter_array(&v, &mask).unwrap(), want);
+    }
+
+    #[test]
+    fn gguf_names_invert_hf_names() {
+        // The pairs of `io::gguf`'s `hf_name` (its table, read the other way); the integration
+        // test `gguf_requant` patches every tensor of SmolLM2 by its HF name, checking the rest.
+        let pairs = [
+            ("self_attn.q_proj.weight", "attn_q.weight"),
+            ("self_attn.k_proj.weight", "attn_k.weight"),
+            ("self_attn.v_proj.weight", "attn_v.weight"),
+            ("self_attn.q_proj.bias", "attn_q.bias"),
+            ("self_attn.k_proj.bias", "attn_k.bias"),
+            ("self_attn.v_proj.bias", "attn_v.bias"),
+            ("self_attn.o_proj.bias", "attn_output.bias"),
+            ("self_attn.o_proj.weight", "attn_output.weight"),
+            ("mlp.gate_proj.weight", "ffn_gate.weight"),
+            ("mlp.up_proj.weight", "ffn_up.weight"),
+            ("mlp.down_proj.weight", "ffn_down.weight"),
+            ("input_layernorm.weight", "attn_norm.weight"),
+            ("post_attention_layernorm.weight", "ffn_norm.weight"),
+        ];
+        for (hf, gguf) in pairs {
+            assert_eq!(gguf_name(&format!("model.layers.17.{hf}")).unwrap(), format!("blk.17.{gguf}"));
+        }
+        assert_eq!(gguf_name("model.embed_tokens.weight").unwrap(), "token_embd.weight");
+        assert_eq!(gguf_name("model.norm.weight").unwrap(), "output_norm.weight");
+        assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
+        for bad in ["model.layers.x.mlp.down_proj.weight", "model.layers.+3.mlp.down_proj.weight", "model.layers.3.mlp.nope", "nope", "model.layers..mlp.down_proj.weight", "model.layers.03.mlp.down_proj.weight"] {
+            assert!(gguf_name(bad).is_none(), "{bad}");
+        }
+        assert_eq!(block_of("blk.12.ffn_down.weight"), Some(12));
+        assert_eq!(block_of("token_embd.weight"), None);
+    }
+
+    #[test]
+    fn permute_inverts_unpermute() {
+        let w = Tensor::arange(0f32, 48.0, &Device::Cpu).unwrap().reshape((12, 4)).unwrap();
+        for heads in [1, 2, 3, 6] {
+            let p = permute_rows(&crate::io::gguf::unpermute_rows(&w, heads).unwrap(), heads).unwrap();
+            assert_eq!(p.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap(), "{heads} heads");
+        }
+        assert!(permute_rows(&w, 5).is_err());
+        assert!(permute_rows(&w, 0).is_err());
     }
 
     #[test]
