@@ -20,6 +20,18 @@
 //!   the first N tokens of each screening window (e.g. `mf:kl:4/16/4:p16:s4:t64`, the `quick`
 //!   preset of `evop prune`); `:bo` runs the GA with block-order operators
 //!   (`evop::GaOperators::BlockOrder`).
+//! - `portfolio:R:D:MF` (e.g. `portfolio:1:16:mf:kl:4/16/4:p16:s4:ppl`, the CPU default of
+//!   `evop prune`): the decision stage over every searcher's answers (`evop::decision`). Timed
+//!   from the windows to the answer: the greedy seed of MF on its screening windows, SLEB on its
+//!   own protocol on the first R random windows of the seed's random draw (mean NLL), the GA of
+//!   MF seeded with both answers, then the GA's finalists, SLEB's answer and the seed decided by
+//!   mean NLL on D CCDS windows of the calibration pool drawn under a distinct seed without any
+//!   window the searches read (their draw, like the CCDS set's, is made beforehand and reported in
+//!   `calibration_seconds`). The row `sleb@portfolio` is SLEB given the portfolio's seconds on the
+//!   same random draw (windows sized from the seconds SLEB took inside the portfolio). Untimed,
+//!   for choosing the decision's token count on data that is not the evaluation split: every
+//!   candidate's NLL on `--decision-study-windows` decision windows and on `--validation-windows`
+//!   random windows of 512 tokens of the calibration pool (rows: `candidates`).
 //!
 //! ```text
 //! cargo run --release --example equal_compute -- --model smollm2-135m --ns 6,9,12 --seeds 0,1,2 \
@@ -35,6 +47,7 @@ use evop::baselines::pruner_by_name;
 use evop::data::{read_wikipedia_leads, CalibrationSet, SplitRule};
 use evop::model::{load, BlockLm, BlockMask, EvaluatorOptions, LoadOptions, LoadedModel, LossKind};
 use evop::search::{GenerationReport, Observer, StopReason};
+use evop::decision::{decide, decision_windows, Candidate, DecisionSpec};
 use evop::{
     build_calibration, evaluate, CalibrationSpec, EmbedderKind, EvalSet, Objective, Pipeline, SamplerKind, Screening,
     GaOperators, SearchSpec,
@@ -94,6 +107,21 @@ struct Args {
     /// tokens (0 = off).
     #[arg(long, default_value_t = 0)]
     dense_full_seqlen: usize,
+    /// Rows files whose scored masks (same model, evaluated on the same windows) are reused
+    /// instead of evaluated again (the evaluator is deterministic; f32 rows only).
+    #[arg(long, value_delimiter = ',')]
+    scored_from: Vec<PathBuf>,
+    /// Portfolio: decision windows scored (untimed beyond the configuration's D) to study the
+    /// decision's token count.
+    #[arg(long, default_value_t = 32)]
+    decision_study_windows: usize,
+    /// Portfolio: random calibration-pool windows of 512 tokens on which every candidate is
+    /// scored (untimed; validation data for choosing the decision's settings; 0: off).
+    #[arg(long, default_value_t = 8)]
+    validation_windows: usize,
+    /// Skip the dense model's evaluation (only printed).
+    #[arg(long)]
+    skip_dense: bool,
     /// Output stem: rows go to STEM.rows.jsonl.
     #[arg(long, default_value = "equal-compute")]
     out: PathBuf,
@@ -107,6 +135,9 @@ enum EvopConfig {
     /// Multi-fidelity: greedy seed and GA screening on `screen` windows, `finalists` decided on
     /// all `windows`, under `loss`.
     MultiFidelity { loss: LossKind, screen: usize, windows: usize, finalists: usize, shape: GaShape },
+    /// The decision stage over the multi-fidelity search `mf`, SLEB on `sleb_windows` random
+    /// windows and the greedy seed, on `decision` fresh CCDS windows.
+    Portfolio { sleb_windows: usize, decision: usize, mf: Box<EvopConfig> },
 }
 
 /// The GA's population and stall rule (up to 30 generations), and the baseline that seeds it.
@@ -133,8 +164,8 @@ impl GaShape {
     fn parse(parts: &[&str]) -> Option<Self> {
         let mut shape = Self::default();
         for p in parts {
-            if *p == "ppl" {
-                shape.seed = "ppl";
+            if *p == "ppl" || *p == "none" {
+                shape.seed = if *p == "ppl" { "ppl" } else { "none" };
                 continue;
             }
             if *p == "bo" || *p == "op" {
@@ -194,6 +225,17 @@ impl EvopConfig {
         if s == "paper" {
             return Ok(Self::Ga { loss: LossKind::KlToDense, windows: 4 });
         }
+        if let Some(rest) = s.strip_prefix("portfolio:") {
+            let bad = || anyhow::anyhow!("--evop {s}: expected portfolio:R:D:mf:...");
+            let mut it = rest.splitn(3, ':');
+            let r: usize = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+            let d: usize = it.next().and_then(|v| v.parse().ok()).filter(|d| *d >= 1).ok_or_else(bad)?;
+            let mf = Self::parse(it.next().ok_or_else(bad)?)?;
+            if !matches!(mf, Self::MultiFidelity { .. }) {
+                return Err(bad());
+            }
+            return Ok(Self::Portfolio { sleb_windows: r, decision: d, mf: Box::new(mf) });
+        }
         let parts: Vec<&str> = s.split(':').collect();
         let bad = || anyhow::anyhow!("--evop {s}: expected paper, ga:LOSS:W, mf:S/W/F or mf:LOSS:S/W/F[:pP][:sT]");
         match parts[..] {
@@ -225,6 +267,7 @@ impl EvopConfig {
     fn windows(&self) -> usize {
         match self {
             Self::Ga { windows, .. } | Self::MultiFidelity { windows, .. } => *windows,
+            Self::Portfolio { mf, .. } => mf.windows(),
         }
     }
 
@@ -238,6 +281,9 @@ impl EvopConfig {
             }
             Self::MultiFidelity { loss, screen, windows, finalists, shape } => {
                 format!("evop-mf:{}:{screen}/{windows}/{finalists}{}", loss_name(*loss), shape.suffix())
+            }
+            Self::Portfolio { sleb_windows, decision, mf } => {
+                format!("portfolio:{sleb_windows}:{decision}:{}", mf.name().trim_start_matches("evop-"))
             }
         }
     }
@@ -263,6 +309,10 @@ struct Row {
     anytime: Vec<(f64, f64)>,
     device: String,
     dtype: String,
+    /// Portfolio: the decision (every candidate's score on the decision windows) and, untimed,
+    /// every candidate's losses on the study's decision and validation windows and eval perplexity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<serde_json::Value>,
 }
 
 /// Records the best-so-far mask of every generation with its elapsed time.
@@ -361,8 +411,9 @@ fn main() -> Result<()> {
     let max_eval = (args.eval_windows > 0).then_some(args.eval_windows);
     let eval = EvalSet::from_split(&model, &split, args.eval_seqlen, max_eval, Some(args.topic_windows))?;
     let t = Instant::now();
-    let dense = evaluate(lm.as_ref(), &eval, &BlockMask::dense(l), args.batch_size)?;
-    eprintln!("{}: {l} blocks, dense ppl {:.3} on {} tokens ({:.1}s)", args.model, dense.overall.perplexity, eval.tokens(), t.elapsed().as_secs_f64());
+    let dense = if args.skip_dense { None } else { Some(evaluate(lm.as_ref(), &eval, &BlockMask::dense(l), args.batch_size)?) };
+    let dense_ppl = dense.as_ref().map_or(f64::NAN, |d| d.overall.perplexity);
+    eprintln!("{}: {l} blocks, dense ppl {:.3} on {} tokens ({:.1}s)", args.model, dense_ppl, eval.tokens(), t.elapsed().as_secs_f64());
     let evopts = EvaluatorOptions { batch_size: args.batch_size, ..Default::default() };
     let rows_path = args.out.with_extension("rows.jsonl");
     if let Some(dir) = rows_path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -370,6 +421,21 @@ fn main() -> Result<()> {
     }
     // Masks already scored are not evaluated again (the evaluator is deterministic).
     let scored = std::cell::RefCell::new(std::collections::HashMap::<Vec<usize>, (f64, Option<f64>)>::new());
+    for file in &args.scored_from {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let same = v["model"] == args.model.as_str() && v["dtype"] == "f32" && v["n"].as_u64().is_some();
+            let (Some(ppl), Some(removed)) = (v["eval_ppl"].as_f64(), v["removed"].as_array()) else { continue };
+            if same && ppl.is_finite() {
+                let removed: Vec<usize> = removed.iter().filter_map(|b| b.as_u64().map(|b| b as usize)).collect();
+                scored.borrow_mut().insert(removed, (ppl, v["worst_topic_ppl"].as_f64()));
+            }
+        }
+    }
+    if !args.scored_from.is_empty() {
+        eprintln!("{} masks already scored in {:?}", scored.borrow().len(), args.scored_from);
+    }
     let score = |removed: &[usize]| -> Result<(f64, Option<f64>)> {
         if let Some(s) = scored.borrow().get(removed) {
             return Ok(*s);
@@ -404,10 +470,12 @@ fn main() -> Result<()> {
         anytime: Vec::new(),
         device: args.device.clone(),
         dtype: args.dtype.clone(),
+        decision: None,
     };
     for &seed in &args.seeds {
         // SLEB's random windows: one draw of the largest budget; smaller budgets take its first windows.
-        let max_windows = args.sleb_tokens.iter().flatten().map(|t| t.div_ceil(args.seqlen)).max().unwrap_or(0);
+        let portfolio = configs.iter().any(|c| matches!(c, EvopConfig::Portfolio { .. }));
+        let max_windows = args.sleb_tokens.iter().flatten().map(|t| t.div_ceil(args.seqlen)).max().unwrap_or(0).max(if portfolio { 64 } else { 0 });
         let random = if max_windows > 0 {
             let spec = CalibrationSpec { windows: max_windows, seqlen: args.seqlen, sampler: SamplerKind::Random };
             build_calibration(&model, &split.calibration, &spec, seed)?.token_windows()
@@ -416,6 +484,28 @@ fn main() -> Result<()> {
         };
         let ccds: Vec<(CalibrationSet, f64)> =
             configs.iter().map(|c| ccds_set(&args, &model, &split.calibration, c.windows(), seed)).collect::<Result<_>>()?;
+        // Portfolio: the decision windows (CCDS, a distinct seed, without the windows the searches
+        // read) and the validation windows, drawn before any timing.
+        let mut decision_sets: Vec<Option<(Vec<Vec<u32>>, f64)>> = Vec::new();
+        for (c, (calib, _)) in configs.iter().zip(&ccds) {
+            let EvopConfig::Portfolio { sleb_windows, decision, .. } = c else {
+                decision_sets.push(None);
+                continue;
+            };
+            let mut exclude = calib.token_windows();
+            exclude.extend(random[..*sleb_windows].iter().cloned());
+            let count = (*decision).max(args.decision_study_windows);
+            let dspec = DecisionSpec { windows: count, seqlen: args.seqlen, pool: 256.max(count), loss: LossKind::Nll, ccds: true };
+            let t = Instant::now();
+            let set = decision_windows(&model, &split.calibration, &dspec, seed, &exclude)?;
+            decision_sets.push(Some((set.token_windows(), t.elapsed().as_secs_f64())));
+        }
+        let validation = if portfolio && args.validation_windows > 0 {
+            let spec = CalibrationSpec { windows: args.validation_windows, seqlen: 512, sampler: SamplerKind::Random };
+            build_calibration(&model, &split.calibration, &spec, seed ^ 0x7A11_DA7E)?.token_windows()
+        } else {
+            Vec::new()
+        };
         for &n in &args.ns {
             for &tokens in args.sleb_tokens.iter().flatten() {
                 let w = &random[..tokens.div_ceil(args.seqlen)];
@@ -425,13 +515,129 @@ fn main() -> Result<()> {
                 let (eval_ppl, worst) = score(&removed)?;
                 emit(Row { removed, eval_ppl, worst_topic_ppl: worst, seconds, block_forwards, ..base(n, seed, "sleb".into(), w.len() * args.seqlen) })?;
             }
-            for (config, (calib, calib_seconds)) in configs.iter().zip(&ccds) {
+            for (ci, (config, (calib, calib_seconds))) in configs.iter().zip(&ccds).enumerate() {
+                if let EvopConfig::Portfolio { sleb_windows, decision, mf } = config {
+                    let EvopConfig::MultiFidelity { loss, screen, finalists, shape, .. } = mf.as_ref() else { unreachable!("checked when parsed") };
+                    let (dset, dseconds) = decision_sets[ci].as_ref().expect("drawn for every portfolio");
+                    let windows = calib.token_windows();
+                    let ga = SearchSpec { population: 32, generations: 30, stalled: Some(8), ..SearchSpec::default() };
+                    let t = Instant::now();
+                    let seed_data: Vec<Vec<u32>> =
+                        windows[..*screen].iter().map(|w| w[..shape.seed_tokens.unwrap_or(w.len()).min(w.len())].to_vec()).collect();
+                    // `none`: no greedy seed (SLEB's answer seeds the GA).
+                    let seeder = if shape.seed == "none" { None } else { Some(ga.seed_pruner(shape.seed, l)?.prune(&lm, &seed_data, n)?) };
+                    let mut forwards = seeder.as_ref().map_or(0, |s| s.counts.block_forwards);
+                    let mut seeds: Vec<Vec<usize>> = seeder.iter().map(|s| s.removed()).collect();
+                    let t_sleb = Instant::now();
+                    let sleb_answer = if *sleb_windows > 0 {
+                        let (r, f) = sleb(&lm, &random[..*sleb_windows], n)?;
+                        forwards += f;
+                        if !seeds.contains(&r) {
+                            seeds.push(r.clone());
+                        }
+                        Some(r)
+                    } else {
+                        None
+                    };
+                    let sleb_seconds = t_sleb.elapsed().as_secs_f64();
+                    let screening = Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists };
+                    let spec = SearchSpec {
+                        population: shape.population,
+                        stalled: Some(shape.stalled),
+                        operators: shape.operators,
+                        seed_masks: seeds,
+                        screening: Some(screening),
+                        ..ga
+                    };
+                    let anytime = Anytime::default();
+                    let report = Pipeline::new(&model, split.calibration.clone())
+                        .remove(n)
+                        .objective(Objective::MeanNll)
+                        .search(spec)
+                        .seed(seed)
+                        .evaluator(EvaluatorOptions { loss: *loss, ..evopts.clone() })
+                        .observer(anytime.clone())
+                        .run_on(calib)?;
+                    let mut candidates: Vec<Candidate> =
+                        report.finalists.iter().enumerate().map(|(i, (r, _))| Candidate::new(format!("evop finalist {}", i + 1), r.clone())).collect();
+                    if let Some(r) = &sleb_answer {
+                        candidates.push(Candidate::new(format!("sleb ({} random tokens)", sleb_windows * args.seqlen), r.clone()));
+                    }
+                    if let Some(s) = &seeder {
+                        candidates.push(Candidate::new(format!("{} seed", shape.seed), s.removed()));
+                    }
+                    let dspec = DecisionSpec { windows: *decision, seqlen: args.seqlen, pool: 256, loss: LossKind::Nll, ccds: true };
+                    let chosen = decide(&lm, &candidates, &dset[..*decision], &dspec, args.batch_size)?;
+                    let seconds = t.elapsed().as_secs_f64();
+                    let (eval_ppl, worst) = score(&chosen.removed)?;
+                    // Untimed study: the rest of the decision windows, the validation windows, and
+                    // the eval perplexity of candidates already scored.
+                    let rest = (dset.len() > *decision).then(|| decide(&lm, &candidates, &dset[*decision..], &dspec, args.batch_size)).transpose()?;
+                    let val = (!validation.is_empty()).then(|| decide(&lm, &candidates, &validation, &dspec, args.batch_size)).transpose()?;
+                    let study: Vec<serde_json::Value> = chosen
+                        .scores
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let mut losses = c.window_losses.clone();
+                            if let Some(r) = &rest {
+                                losses.extend_from_slice(&r.scores[i].window_losses);
+                            }
+                            let known = scored.borrow().get(&c.removed).copied();
+                            serde_json::json!({
+                                "sources": c.sources, "removed": c.removed, "decision_score": c.score,
+                                "decision_losses": losses, "validation_nll": val.as_ref().map(|v| v.scores[i].score),
+                                "eval_ppl": known.map(|k| k.0), "worst_topic_ppl": known.and_then(|k| k.1),
+                            })
+                        })
+                        .collect();
+                    let mut curve = Vec::new();
+                    for (s, removed) in anytime.0.lock().expect("not poisoned").iter() {
+                        let known = scored.borrow().get(removed).map(|k| k.0).unwrap_or(f64::NAN);
+                        curve.push((*s, known));
+                    }
+                    let name = config.name();
+                    eprintln!(
+                        "  decision on {} tokens ({:.1}s, windows drawn in {:.1}s): {}",
+                        chosen.tokens,
+                        chosen.seconds,
+                        dseconds,
+                        chosen.scores.iter().map(|c| format!("{:?} {:.4} [{}]", c.removed, c.score, c.sources.join(", "))).collect::<Vec<_>>().join("; ")
+                    );
+                    emit(Row {
+                        removed: chosen.removed.clone(),
+                        eval_ppl,
+                        worst_topic_ppl: worst,
+                        seconds,
+                        calibration_seconds: *calib_seconds + dseconds,
+                        block_forwards: report.counts.block_forwards + forwards,
+                        anytime: curve,
+                        decision: Some(serde_json::json!({
+                            "chosen": chosen.chosen, "tokens": chosen.tokens, "seconds": chosen.seconds, "loss": "nll",
+                            "sleb_seconds": sleb_seconds, "ga_seconds": report.search_seconds, "generations": report.generations,
+                            "candidates": study, "validation_windows": validation.len(), "validation_seqlen": 512,
+                        })),
+                        ..base(n, seed, name.clone(), (calib.len() + *decision) * args.seqlen + sleb_windows * args.seqlen)
+                    })?;
+                    // SLEB given the portfolio's seconds, on the same random draw.
+                    if *sleb_windows > 0 {
+                        let per_window = sleb_seconds / *sleb_windows as f64;
+                        let w = ((seconds / per_window).round() as usize).clamp(1, random.len());
+                        let t = Instant::now();
+                        let (removed, block_forwards) = sleb(&lm, &random[..w], n)?;
+                        let s = t.elapsed().as_secs_f64();
+                        let (eval_ppl, worst) = score(&removed)?;
+                        emit(Row { removed, eval_ppl, worst_topic_ppl: worst, seconds: s, block_forwards, ..base(n, seed, format!("sleb@{name}"), w * args.seqlen) })?;
+                    }
+                    continue;
+                }
                 let anytime = Anytime::default();
                 let windows = calib.token_windows();
                 let t = Instant::now();
                 let ga = SearchSpec { population: 32, generations: 30, stalled: Some(8), ..SearchSpec::default() };
                 let (spec, loss, extra_forwards) = match config {
                     EvopConfig::Ga { loss, .. } => (ga, *loss, 0),
+                    EvopConfig::Portfolio { .. } => unreachable!("run above"),
                     EvopConfig::MultiFidelity { loss, screen, finalists, shape, .. } => {
                         let seed_data: Vec<Vec<u32>> =
                             windows[..*screen].iter().map(|w| w[..shape.seed_tokens.unwrap_or(w.len()).min(w.len())].to_vec()).collect();

@@ -5,7 +5,7 @@
 //! used to choose them).
 //!
 //! Configurations (comma-separated): `none`, or `linear` with `:key=value` overrides:
-//! `ridge=R`, `fit=N` (fit windows), `guard=N` (guard windows, 0 = no guard), `single=0|1`
+//! `ridge=R`, `scale=mean|diag` (the ridge's scaling), `fit=N` (fit windows), `guard=N` (guard windows, 0 = no guard), `single=0|1`
 //! (patch single-block runs), `seqlen=S`; e.g. `linear`, `linear:ridge=1e-3:guard=0`.
 //!
 //! ```text
@@ -122,6 +122,13 @@ fn parse_config(s: &str) -> Result<Option<(LinearPatch, HealDataSpec)>> {
         let (k, v) = kv.split_once('=').with_context(|| format!("`{kv}` in `{s}` is not key=value"))?;
         match k {
             "ridge" => healer.ridge = v.parse()?,
+            "scale" => {
+                healer.scale = match v {
+                    "mean" => evop::heal::RidgeScale::Mean,
+                    "diag" => evop::heal::RidgeScale::Diagonal,
+                    _ => bail!("scale={v}: expected mean or diag"),
+                }
+            }
             "fit" => spec.fit_windows = v.parse()?,
             "guard" => spec.guard_windows = v.parse()?,
             "single" => healer.single_block_runs = v == "1",

@@ -78,6 +78,23 @@ def tables(cells):
             print(f"| {m} | {v[0]['tokens']} | {len(v)} | {ppl:.2f} | {mean([r['worst_topic_ppl'] for r in v]):.2f} | {secs:.1f} | {verdict} |")
 
 
+def paired(cells):
+    """Each decision-stage portfolio against SLEB given its seconds (`sleb@NAME` rows, same seeds)."""
+    for (model, device, dtype, n), methods in cells:
+        for m, v in methods.items():
+            partner = methods.get(f"sleb@{m}")
+            if not m.startswith("portfolio:") or not partner:
+                continue
+            by_seed = {r["seed"]: r for r in partner}
+            pairs = [(r, by_seed[r["seed"]]) for r in sorted(v, key=lambda r: r["seed"]) if r["seed"] in by_seed]
+            if not pairs:
+                continue
+            p, q = mean([a["eval_ppl"] for a, _ in pairs]), mean([b["eval_ppl"] for _, b in pairs])
+            ps, qs = mean([a["seconds"] for a, _ in pairs]), mean([b["seconds"] for _, b in pairs])
+            seeds = ", ".join(f"{a['eval_ppl']:.2f} vs {b['eval_ppl']:.2f}" for a, b in pairs)
+            print(f"| {model} | {n} | {m} | {len(pairs)} | {p:.2f} | {ps:.1f} | {q:.2f} ({mean([b['tokens'] for _, b in pairs]):.0f} tok) | {qs:.1f} | {100 * (p / q - 1):+.1f}% | {seeds} |")
+
+
 # ---- plots (plain SVG, no dependency; the look of examples/budget_plots.rs) ----
 
 W, H = 1000, 550
@@ -261,6 +278,11 @@ def main():
     # GPU cells first (the tables of docs/results.md), then the rest.
     cells = sorted(cells.items(), key=lambda c: (c[0][1] != "cuda", c[0]))
     tables(cells)
+    if any(m.startswith("portfolio:") for _, methods in cells for m in methods):
+        print("\n**The decision-stage portfolio against SLEB given the same seconds** (means over seeds; per seed: portfolio vs SLEB)\n")
+        print("| model | n | configuration | seeds | eval PPL | s | SLEB at equal time | s | vs SLEB | per seed |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
+        paired(cells)
     if args.no_svg:
         return
     folder = args.svg or os.path.dirname(sorted(args.rows, key=lambda p: (stem(p), p))[0])

@@ -39,19 +39,35 @@ const HEAL_SEED: u64 = 0x4EA1_0000;
 
 /// Draws `spec.fit_windows + spec.guard_windows` windows from `pool` and splits them: the guard
 /// takes one window from each cluster in turn (clusters in order of their first window), the
-/// fit the rest.
+/// fit the rest. A pool holding fewer windows gives all of them, a fifth (at least one) to the
+/// guard. Windows are cut to at most the model's positions.
 pub fn build_heal_data(model: &LoadedModel, pool: &Corpus, spec: &HealDataSpec, seed: u64) -> Result<HealData> {
     if spec.fit_windows == 0 {
         return Err(EvopError::config("fit_windows", 0, "healing needs at least 1 fit window"));
     }
-    let total = spec.fit_windows + spec.guard_windows;
-    let sampler = match &spec.sampler {
-        SamplerKind::Ccds { embedder, k, pool } => SamplerKind::Ccds { embedder: embedder.clone(), k: *k, pool: (*pool).max(2 * total) },
-        other => other.clone(),
+    // Windows never longer than the positions the model encodes (tiny models, OPT's learned table).
+    let seqlen = spec.seqlen.min(model.lm.info().max_positions);
+    let draw = |total: usize| {
+        let sampler = match &spec.sampler {
+            SamplerKind::Ccds { embedder, k, pool } => SamplerKind::Ccds { embedder: embedder.clone(), k: *k, pool: (*pool).max(2 * total) },
+            other => other.clone(),
+        };
+        build_calibration(model, pool, &CalibrationSpec { windows: total, seqlen, sampler }, seed ^ HEAL_SEED)
     };
-    let calib = build_calibration(model, pool, &CalibrationSpec { windows: total, seqlen: spec.seqlen, sampler }, seed ^ HEAL_SEED)?;
+    let mut guard_windows = spec.guard_windows;
+    let calib = match draw(spec.fit_windows + spec.guard_windows) {
+        // A small pool: every window it holds, a fifth of them (at least one) for the guard.
+        Err(EvopError::Data(evop_data::DataError::NotEnoughWindows { available, .. })) if available >= 2 => {
+            if guard_windows > 0 {
+                guard_windows = (available / 5).clamp(1, guard_windows);
+            }
+            tracing::warn!(available, guard_windows, "the healing pool holds fewer windows than asked for: using all of them");
+            draw(available)?
+        }
+        other => other?,
+    };
     let labels = calib.group_labels();
-    let guard_idx = round_robin(&labels, spec.guard_windows);
+    let guard_idx = round_robin(&labels, guard_windows);
     let mut data = HealData::default();
     for (i, w) in calib.windows.iter().enumerate() {
         let ids = w.real_ids().to_vec();

@@ -16,6 +16,7 @@ pub use evop_heal as heal;
 pub use evop_model as model;
 pub use evop_search as search;
 
+pub mod decision;
 pub mod error;
 pub mod evaluation;
 pub mod fitness;
@@ -30,6 +31,7 @@ pub use fitness::CalibrationFitness;
 pub use healing::{build_heal_data, HealDataSpec};
 pub use objective::Objective;
 pub use pipeline::{
-    build_calibration, CalibrationSpec, EmbedderKind, GaOperators, Pipeline, PruneReport, SamplerKind, Screening, SearchJob, SearchSpec, StrategyKind,
+    build_calibration, build_calibration_excluding, CalibrationSpec, EmbedderKind, GaOperators, Pipeline, PruneReport, SamplerKind, Screening, SearchJob, SearchSpec, StrategyKind,
 };
 pub use pruner::EvopPruner;
+pub use decision::{decide, decision_windows, Candidate, Decision, DecisionSpec, ScoredCandidate};

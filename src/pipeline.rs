@@ -158,6 +158,10 @@ pub struct SearchSpec {
     /// GA: the variation operators.
     #[serde(default)]
     pub operators: GaOperators,
+    /// Stop after the generation running this many seconds after the search started (a time
+    /// budget; `None`: no limit). Where it binds, the answer depends on the machine's speed.
+    #[serde(default)]
+    pub time_limit_s: Option<f64>,
 }
 
 fn memoize_default() -> bool {
@@ -204,6 +208,7 @@ impl Default for SearchSpec {
             memoize: true,
             immigrants: Some(0.0),
             operators: GaOperators::Uniform,
+            time_limit_s: None,
         }
     }
 }
@@ -260,6 +265,10 @@ pub struct PruneReport {
     pub counts: ForwardCounts,
     /// One entry per generation.
     pub history: Vec<GenerationReport>,
+    /// The best distinct masks of the final population with their full-fidelity objective
+    /// values, best first: the screening's finalists, or (unscreened) up to 4 of the population.
+    #[serde(default)]
+    pub finalists: Vec<(Vec<usize>, f64)>,
     /// Seconds spent building the calibration set and searching.
     pub calibration_seconds: f64,
     pub search_seconds: f64,
@@ -488,6 +497,11 @@ impl SearchJob {
                 outcome.best = finalists[best].clone();
                 outcome.best_value = values[best];
                 outcome.evaluations += finalists.len() as u64;
+                // Reported best first, at full fidelity.
+                let mut order: Vec<usize> = (0..finalists.len()).collect();
+                order.sort_by(|&a, &b| cost(values[a]).total_cmp(&cost(values[b])));
+                outcome.population = order.iter().map(|&i| finalists[i].clone()).collect();
+                outcome.values = order.iter().map(|&i| values[i]).collect();
                 outcome
             }
             (Some(sc), StrategyKind::OnePlusLambda) => {
@@ -534,6 +548,14 @@ impl SearchJob {
     pub fn report(&self, outcome: evop_search::Outcome, fitness: &CalibrationFitness, counts: ForwardCounts, search_seconds: f64) -> Result<PruneReport> {
         let mask = CalibrationFitness::block_mask(&outcome.best);
         let (value, window_losses) = fitness.score_mask(&mask)?;
+        let keep = self.search.screening.as_ref().map_or(4, |sc| sc.finalists);
+        let mut finalists: Vec<(Vec<usize>, f64)> = Vec::new();
+        for (m, v) in outcome.population.iter().zip(&outcome.values) {
+            let removed: Vec<usize> = CalibrationFitness::block_mask(m).removed().collect();
+            if finalists.len() < keep && !finalists.iter().any(|(r, _)| *r == removed) {
+                finalists.push((removed, *v));
+            }
+        }
         Ok(PruneReport {
             removed: mask.removed().collect(),
             num_blocks: mask.num_blocks(),
@@ -546,6 +568,7 @@ impl SearchJob {
             cache_hits: outcome.cache_hits,
             counts,
             history: outcome.history,
+            finalists,
             calibration_seconds: 0.0,
             search_seconds,
         })
@@ -579,6 +602,16 @@ impl SearchJob {
         if let Some(flag) = &self.interrupt {
             s = s.until(Termination::Interrupted(flag.clone()));
         }
+        if let Some(limit) = self.search.time_limit_s.filter(|t| t.is_finite() && *t >= 0.0) {
+            // A timer raises the flag; the search stops after the generation it lands in.
+            let flag = Arc::new(AtomicBool::new(false));
+            let raise = flag.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs_f64(limit));
+                raise.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            s = s.until(Termination::Interrupted(flag));
+        }
         if let Some((path, resume)) = &self.checkpoint {
             s = s.checkpoint(path.clone());
             if *resume && path.exists() {
@@ -594,9 +627,19 @@ impl SearchJob {
 
 /// Draws a calibration set from `pool` (see [`CalibrationSpec`]).
 pub fn build_calibration(model: &LoadedModel, pool: &Corpus, spec: &CalibrationSpec, seed: u64) -> Result<CalibrationSet> {
+    build_calibration_excluding(model, pool, spec, seed, &[])
+}
+
+/// [`build_calibration`] without the windows whose tokens equal one of `exclude` (e.g. windows
+/// another search read).
+pub fn build_calibration_excluding(model: &LoadedModel, pool: &Corpus, spec: &CalibrationSpec, seed: u64, exclude: &[Vec<u32>]) -> Result<CalibrationSet> {
     let tokenizer = model.tokenizer()?;
     let wopts = WindowOptions::new(spec.seqlen).boundary(evop_data::Boundary::AcrossDocuments);
     let mut windows: Vec<Window> = make_windows(pool, tokenizer, &wopts)?;
+    if !exclude.is_empty() {
+        let excluded: std::collections::HashSet<&[u32]> = exclude.iter().map(|w| w.as_slice()).collect();
+        windows.retain(|w| !excluded.contains(w.ids.as_slice()) && !excluded.contains(w.real_ids()));
+    }
     let candidates = match &spec.sampler {
         SamplerKind::Random => windows.len(),
         SamplerKind::Ccds { pool, .. } => (*pool).max(spec.windows),

@@ -68,9 +68,33 @@ pub struct ExperimentArgs {
     /// Stop after this many generations without improvement (0: never); default from --preset.
     #[arg(long)]
     pub stalled: Option<u64>,
-    /// Stop after this many fitness evaluations.
+    /// Stop after this many fitness evaluations (a count; for seconds see --time-budget).
     #[arg(long)]
     pub budget: Option<u64>,
+    /// EvoP: one time budget in seconds for the searches and the decision together: the greedy
+    /// seed and SLEB inside the run go first (timed), the decision is given its estimated scoring
+    /// time (from their seconds per candidate and window), the GA the rest (it stops after the
+    /// generation that reaches it, or earlier by the preset's stall rule). Where the limit binds,
+    /// the answer depends on the machine's speed. Default: no limit.
+    #[arg(long, value_name = "SECONDS")]
+    pub time_budget: Option<f64>,
+    /// EvoP: windows of the decision stage (CCDS from the calibration pool under a distinct seed,
+    /// without any window a search read) on which every searcher's answers (the GA's finalists,
+    /// SLEB on its own protocol, the greedy seed, --also) are scored; the lowest wins. 0: off (the
+    /// GA's own choice among its finalists on the calibration windows, as before).
+    #[arg(long, default_value_t = 16)]
+    pub decision_windows: usize,
+    /// EvoP: the decision's per-window loss: `nll` (mean next-token NLL) or `kl` (KL to the dense model).
+    #[arg(long, default_value = "nll")]
+    pub decision_loss: String,
+    /// EvoP with the decision stage: random calibration windows (--seqlen tokens each) on which SLEB
+    /// runs on its own protocol inside EvoP's run; its answer seeds the GA and is a candidate (0: none).
+    #[arg(long, default_value_t = 4)]
+    pub portfolio_sleb_windows: usize,
+    /// EvoP with the decision stage: other pruners (baseline names, comma-separated) run on the
+    /// calibration windows whose answers join the decision.
+    #[arg(long, value_delimiter = ',')]
+    pub also: Vec<String>,
     /// Screen EvoP's candidates on the first N tokens of every calibration window (approximate:
     /// the GA ranks on the shortened windows; the --finalists best masks of its final population are
     /// then compared on the whole windows). Off by default; see docs/performance.md, "Screening".
@@ -124,7 +148,9 @@ pub enum Preset {
     Auto,
     /// SLEB seed, population 32, stop after 8 stalled generations, 8 finalists.
     Full,
-    /// One-shot perplexity seed, population 16, stop after 4 stalled generations, 4 finalists.
+    /// With the decision stage (the default): SLEB on 4 random windows seeds the GA, population
+    /// 16, stop after 3 stalled generations, 4 finalists; without it (--decision-windows 0):
+    /// one-shot perplexity seed, population 16, stop after 4 stalled generations, 4 finalists.
     Quick,
 }
 
@@ -197,13 +223,27 @@ impl ExperimentArgs {
     }
 
     fn preset_shape(&self) -> PresetShape {
-        self.preset.shape(&self.model.device)
+        let shape = self.preset.shape(&self.model.device);
+        if self.decision_windows > 0 && self.preset.resolve(&self.model.device) == Preset::Quick {
+            // The decision stage's CPU split (docs/results.md, "The decision stage"): SLEB inside
+            // the run (--portfolio-sleb-windows) seeds the GA instead of the one-shot ranking.
+            return PresetShape { seed_with: "none", stalled: 3, ..shape };
+        }
+        shape
     }
 
     /// The search settings in words, for the report's header.
     pub fn search_summary(&self) -> String {
+        let decision = match self.decision_windows {
+            0 => String::new(),
+            d => format!(
+                "; SLEB on {} random windows seeds it; the finalists, SLEB's answer and the seed decided on {d} fresh CCDS windows ({})",
+                self.portfolio_sleb_windows, self.decision_loss
+            ),
+        };
+        let budget = self.time_budget.map_or(String::new(), |b| format!("; time budget {b} s"));
         format!(
-            "preset {}: seeded by {} on {} tokens per screening window, population {}, stop after {} stalled generations, {} finalists",
+            "preset {}: seeded by {} on {} tokens per screening window, population {}, stop after {} stalled generations, {} finalists{decision}{budget}",
             self.preset.name(&self.model.device),
             self.seed_with().join(", "),
             self.seed_tokens(),
@@ -286,6 +326,26 @@ impl ExperimentArgs {
             bail!("--finalists must be at least 1");
         }
         Ok(Some(evop::Screening { windows, tokens: self.screen_tokens, position_stride: self.screen_stride, finalists: self.finalists() }))
+    }
+
+    /// The decision stage's settings (`None`: off).
+    pub fn decision_spec(&self) -> Result<Option<evop::DecisionSpec>> {
+        if self.decision_windows == 0 {
+            return Ok(None);
+        }
+        let loss = match self.decision_loss.as_str() {
+            "nll" => evop::model::LossKind::Nll,
+            "kl" => evop::model::LossKind::KlToDense,
+            other => bail!("unknown --decision-loss `{other}` (expected nll or kl)"),
+        };
+        let spec = evop::DecisionSpec { windows: self.decision_windows, seqlen: self.seqlen, pool: self.pool.max(self.decision_windows).min(256.max(self.decision_windows)), loss, ccds: self.calib == "ccds" };
+        spec.check().map_err(|e| anyhow::anyhow!("--decision-windows {}: {e}", self.decision_windows))?;
+        if let Some(b) = self.time_budget {
+            if !(b.is_finite() && b > 0.0) {
+                bail!("--time-budget {b}: must be a positive number of seconds");
+            }
+        }
+        Ok(Some(spec))
     }
 
     pub fn search_spec(&self) -> Result<SearchSpec> {
@@ -381,9 +441,11 @@ pub fn run_method(
     let lm = setup.model.lm.clone();
     let windows = calib.token_windows();
     let start = Instant::now();
+    let mut excluded_seconds = 0.0;
     let (mut seed_seconds, mut seed_removed, mut seed_windows, mut seed_method, mut seed_tokens) = (0.0, Vec::new(), 0, String::new(), 0);
     let (removed, counts, detail) = if method == "evop" {
         let mut spec = args.search_spec()?;
+        let decision = args.decision_spec()?;
         let seeded = spec.screening.as_ref().map_or(windows.len(), |sc| sc.windows.min(windows.len()));
         let t = Instant::now();
         let seed_with = args.seed_with();
@@ -392,6 +454,62 @@ pub fn run_method(
         (seed_seconds, seed_windows, seed_tokens) = (t.elapsed().as_secs_f64(), seeded, args.seed_tokens());
         seed_method = seed_with.join(",");
         seed_removed = spec.seed_masks.first().cloned().unwrap_or_default();
+        let l = lm.num_blocks();
+        // Seconds of one candidate on one whole window, from the seed's own timing (the one-shot
+        // ranking scores ppl_candidates masks, SLEB sleb_candidates), else from SLEB's below.
+        let mut per_candidate_window = match seed_method.as_str() {
+            "ppl" => seed_seconds / (seeded as f64 * ppl_candidates(l)),
+            "sleb" => seed_seconds / (seeded as f64 * sleb_candidates(l, n)),
+            _ => f64::NAN,
+        } * args.seqlen as f64 / args.seed_tokens().max(1) as f64;
+        // SLEB on its own protocol inside the run (random windows, mean NLL): a candidate, and a
+        // seed of the GA.
+        let mut portfolio_sleb = serde_json::Value::Null;
+        let mut sleb_candidate = None;
+        let mut sleb_windows_read: Vec<Vec<u32>> = Vec::new();
+        let r = args.portfolio_sleb_windows;
+        if decision.is_some() && r > 0 {
+            let ts = Instant::now();
+            let rspec = CalibrationSpec { windows: r, seqlen: args.seqlen, sampler: SamplerKind::Random };
+            // A small corpus may hold fewer windows than asked: SLEB then reads them all.
+            let random = match evop::build_calibration(&setup.model, &setup.split.calibration, &rspec, args.seed) {
+                Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { available, .. })) if available >= 1 => {
+                    let all = CalibrationSpec { windows: available, ..rspec.clone() };
+                    evop::build_calibration(&setup.model, &setup.split.calibration, &all, args.seed)
+                }
+                other => other,
+            }
+            .with_context(|| format!("drawing {r} random windows for SLEB inside EvoP's run (--portfolio-sleb-windows)"))?
+            .token_windows();
+            let r = random.len();
+            let s = spinner(&format!("sleb on {r} random windows n={n}"));
+            let answer = evop::baselines::pruner_by_name("sleb")?.prune(&lm, &random, n)?.removed();
+            s.finish_and_clear();
+            let seconds = ts.elapsed().as_secs_f64();
+            if !per_candidate_window.is_finite() {
+                per_candidate_window = seconds / (r as f64 * sleb_candidates(l, n));
+            }
+            if !spec.seed_masks.contains(&answer) {
+                spec.seed_masks.push(answer.clone());
+            }
+            portfolio_sleb = serde_json::json!({ "windows": r, "tokens": r * args.seqlen, "seconds": seconds, "removed": answer });
+            sleb_candidate = Some((format!("sleb ({} random tokens)", r * args.seqlen), answer));
+            sleb_windows_read = random;
+        }
+        let mut also = Vec::new();
+        if decision.is_some() {
+            for name in args.also.iter().filter(|m| m.as_str() != "none") {
+                let r = evop::baselines::pruner_by_name(name)?.prune(&lm, &windows, n)?;
+                also.push((name.clone(), r.removed()));
+            }
+        }
+        if let (Some(b), Some(d)) = (args.time_budget, &decision) {
+            let candidates = args.finalists() + 2 + also.len();
+            let decide_estimate = if per_candidate_window.is_finite() { per_candidate_window * (candidates * d.windows) as f64 } else { 0.0 };
+            spec.time_limit_s = Some((b - start.elapsed().as_secs_f64() - decide_estimate).max(0.0));
+        } else if let Some(b) = args.time_budget {
+            spec.time_limit_s = Some((b - start.elapsed().as_secs_f64()).max(0.0));
+        }
         let mut p = Pipeline::new(&setup.model, setup.split.calibration.clone())
             .remove(n)
             .objective(args.objective)
@@ -409,7 +527,64 @@ pub fn run_method(
         if let Some(dir) = plots_dir {
             crate::plots::convergence(&dir.join(format!("convergence-n{n}")), &report.history)?;
         }
-        (report.removed.clone(), report.counts, serde_json::to_value(&report)?)
+        let mut detail = serde_json::to_value(&report)?;
+        let mut removed = report.removed.clone();
+        if let Some(dspec) = &decision {
+            // The decision windows' draw (MiniLM embedding and k-means) is timed apart, like the
+            // calibration set's; scoring the candidates counts in EvoP's seconds.
+            let paused = Instant::now();
+            let mut exclude = windows.clone();
+            exclude.extend(sleb_windows_read.iter().cloned());
+            let s = spinner("drawing the decision windows");
+            // A small corpus may hold fewer fresh windows than asked: decide on those there are;
+            // with none left, the GA's own choice stands (said on stderr and in report.json).
+            let fresh = match evop::decision_windows(&setup.model, &setup.split.calibration, dspec, args.seed, &exclude) {
+                Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { available, .. })) if available >= 1 => {
+                    let fewer = evop::DecisionSpec { windows: available, pool: dspec.pool.max(available), ..dspec.clone() };
+                    Some(evop::decision_windows(&setup.model, &setup.split.calibration, &fewer, args.seed, &exclude)?)
+                }
+                Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { .. })) => None,
+                other => Some(other?),
+            };
+            s.finish_and_clear();
+            let Some(fresh) = fresh else {
+                eprintln!("warning: the calibration pool has no window left that no search read: no decision stage (the GA's choice stands); use a larger corpus");
+                detail["decision"] = serde_json::Value::Null;
+                detail["decision_skipped"] = serde_json::json!("no fresh window left in the calibration pool");
+                detail["portfolio_sleb"] = portfolio_sleb;
+                excluded_seconds += paused.elapsed().as_secs_f64();
+                return finish(args, setup, calib, method, n, start, excluded_seconds, report.removed.clone(), report.counts, detail, (seed_seconds, seed_removed, seed_windows, seed_method, seed_tokens));
+            };
+            if let Some(dir) = plots_dir {
+                fresh.save(&dir.join("decision-windows.json"))?;
+            }
+            let draw_seconds = paused.elapsed().as_secs_f64();
+            let mut candidates: Vec<evop::Candidate> =
+                report.finalists.iter().enumerate().map(|(i, (r, _))| evop::Candidate::new(format!("evop finalist {}", i + 1), r.clone())).collect();
+            if candidates.is_empty() {
+                candidates.push(evop::Candidate::new("evop", report.removed.clone()));
+            }
+            if let Some((label, r)) = &sleb_candidate {
+                candidates.push(evop::Candidate::new(label.clone(), r.clone()));
+            }
+            if !seed_removed.is_empty() {
+                candidates.push(evop::Candidate::new(format!("{seed_method} seed"), seed_removed.clone()));
+            }
+            for (name, r) in &also {
+                candidates.push(evop::Candidate::new(name.clone(), r.clone()));
+            }
+            let s = spinner(&format!("deciding among {} candidates on {} fresh tokens", candidates.len(), dspec.tokens()));
+            let d = evop::decide(&lm, &candidates, &fresh.token_windows(), dspec, args.batch_size)?;
+            s.finish_and_clear();
+            removed = d.removed.clone();
+            detail["decision"] = serde_json::to_value(&d)?;
+            detail["decision"]["windows_drawn_seconds"] = serde_json::json!(draw_seconds);
+            detail["decision"]["calibration_clusters"] = serde_json::json!(fresh.clusters);
+            detail["portfolio_sleb"] = portfolio_sleb;
+            // The draw is not search time.
+            excluded_seconds += draw_seconds;
+        }
+        (removed, report.counts, detail)
     } else {
         let pruner = evop::baselines::pruner_by_name(method)?;
         let s = spinner(&format!("{method} n={n}"));
@@ -417,7 +592,31 @@ pub fn run_method(
         s.finish_and_clear();
         (r.removed(), r.counts, serde_json::to_value(&r.trace)?)
     };
-    let search_seconds = start.elapsed().as_secs_f64();
+    finish(args, setup, calib, method, n, start, excluded_seconds, removed, counts, detail, (seed_seconds, seed_removed, seed_windows, seed_method, seed_tokens))
+}
+
+/// The seed's seconds, mask, windows, method and tokens.
+type SeedInfo = (f64, Vec<usize>, usize, String, usize);
+
+/// The [`MethodRun`] of an answer: its seconds (less `excluded_seconds`) and calibration NLL.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    args: &ExperimentArgs,
+    setup: &Setup,
+    calib: &evop::data::CalibrationSet,
+    method: &str,
+    n: usize,
+    start: Instant,
+    excluded_seconds: f64,
+    removed: Vec<usize>,
+    counts: ForwardCounts,
+    detail: serde_json::Value,
+    seed: SeedInfo,
+) -> Result<MethodRun> {
+    let (seed_seconds, seed_removed, seed_windows, seed_method, seed_tokens) = seed;
+    let lm = &setup.model.lm;
+    let windows = calib.token_windows();
+    let search_seconds = start.elapsed().as_secs_f64() - excluded_seconds;
     let mask = BlockMask::from_removed(lm.num_blocks(), &removed)?;
     let calibration_nll = evop::model::perplexity::perplexity(lm.as_ref(), &windows, &mask, args.batch_size)?.mean_nll;
     Ok(MethodRun {
@@ -436,6 +635,17 @@ pub fn run_method(
         seed_tokens,
         healed: None,
     })
+}
+
+/// Candidates SLEB scores removing `n` of `l` blocks: at each step every alive block but the
+/// first and last alive, plus its dense pass.
+pub fn sleb_candidates(l: usize, n: usize) -> f64 {
+    1.0 + (0..n).map(|k| l.saturating_sub(k + 2) as f64).sum::<f64>()
+}
+
+/// Candidates of the one-shot ranking seeding EvoP (the ends protected), plus its dense pass.
+pub fn ppl_candidates(l: usize) -> f64 {
+    (l.saturating_sub(2) + 1) as f64
 }
 
 /// Evaluates a mask on the evaluation windows (with a spinner).

@@ -32,14 +32,19 @@ pub struct HealArgs {
     /// Ridge toward the identity, relative to the mean diagonal of the MLP outputs' Gram matrix.
     #[arg(long, default_value_t = evop::heal::DEFAULT_RIDGE)]
     pub heal_ridge: f64,
+    /// How the ridge is scaled: `diag` (per output dimension, by that dimension's MLP output
+    /// energy) or `mean` (one penalty, by the mean energy). Default: the measured choice.
+    #[arg(long, value_name = "mean|diag")]
+    pub heal_scale: Option<String>,
     /// Whether runs of a single removed block are patched too (`true` or `false`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub heal_single_runs: bool,
-    /// Extra text for the healer's pool (a file, directory or JSONL like --corpus), mixed with
-    /// the calibration pool and drawn across both by CCDS: calibrate on what the model serves
-    /// (code for a code model).
-    #[arg(long, value_name = "PATH")]
-    pub heal_corpus: Option<PathBuf>,
+    /// Extra text for the healer's pool, mixed with the calibration pool and drawn across both
+    /// by CCDS: a text asset name (default `code-python-calib`: Python sources of click and
+    /// flask, fetched from PyPI), a file, directory or JSONL like --corpus, or `none`. Patches
+    /// fitted on prose alone made code worse (docs/healing.md): calibrate on what the model serves.
+    #[arg(long, value_name = "NAME|PATH|none", default_value = "code-python-calib")]
+    pub heal_corpus: String,
 }
 
 /// One answer after healing: the healer's report per removed run and the healed evaluation.
@@ -74,29 +79,51 @@ impl HealArgs {
         if !(self.heal_ridge > 0.0 && self.heal_ridge.is_finite()) {
             bail!("--heal-ridge {}: must be a positive number", self.heal_ridge);
         }
-        if let Some(p) = &self.heal_corpus {
-            if !p.exists() {
-                bail!("--heal-corpus {}: no such file or directory", p.display());
-            }
+        self.scale()?;
+        let c = self.heal_corpus.as_str();
+        if c != "none" && !evop::assets::is_text_name(c) && !std::path::Path::new(c).exists() {
+            bail!(
+                "--heal-corpus {c}: no such file or directory, and not a text asset ({}) or `none`",
+                evop::assets::TEXT_NAMES.join(", ")
+            );
         }
         Ok(())
     }
 
-    /// The healer.
+    fn scale(&self) -> Result<evop::heal::RidgeScale> {
+        Ok(match self.heal_scale.as_deref() {
+            None => evop::heal::DEFAULT_RIDGE_SCALE,
+            Some("mean") => evop::heal::RidgeScale::Mean,
+            Some("diag") => evop::heal::RidgeScale::Diagonal,
+            Some(other) => bail!("unknown --heal-scale `{other}` (expected mean or diag)"),
+        })
+    }
+
+    /// The healer (settings checked by [`HealArgs::check`]).
     pub fn healer(&self, batch_size: usize) -> LinearPatch {
         LinearPatch {
             ridge: self.heal_ridge,
+            scale: self.scale().unwrap_or(evop::heal::DEFAULT_RIDGE_SCALE),
             single_block_runs: self.heal_single_runs,
             guard: self.heal_guard_windows > 0,
             batch_size: batch_size.max(1),
         }
     }
 
+    /// The file of `--heal-corpus` (a text asset is fetched on first use); `None` for `none`.
+    pub fn heal_corpus_path(&self) -> Result<Option<PathBuf>> {
+        Ok(match self.heal_corpus.as_str() {
+            "none" => None,
+            name if evop::assets::is_text_name(name) => Some(evop::assets::AssetStore::from_env().text(name)?),
+            path => Some(PathBuf::from(path)),
+        })
+    }
+
     /// The healer's windows from the calibration pool (and `--heal-corpus`).
     pub fn data(&self, model: &LoadedModel, pool: &Corpus, seed: u64) -> Result<evop::heal::HealData> {
         let mut pool = pool.clone();
-        if let Some(path) = &self.heal_corpus {
-            let extra = crate::experiment::read_corpus(path).with_context(|| format!("reading --heal-corpus {}", path.display()))?;
+        if let Some(path) = self.heal_corpus_path()? {
+            let extra = crate::experiment::read_corpus(&path).with_context(|| format!("reading --heal-corpus {}", path.display()))?;
             pool.name = format!("{}+{}", pool.name, extra.name);
             pool.documents.extend(extra.documents);
         }

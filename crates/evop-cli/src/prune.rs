@@ -3,12 +3,15 @@
 //! plots.
 //!
 //! With no arguments: SmolLM2-135M (fetched if missing), 6 of 30 blocks, CCDS calibration of 16
-//! windows x 128 tokens from the Wikipedia leads' calibration split, EvoP multi-fidelity (greedy
-//! seed and GA screening on the first 4 windows, KL-to-dense loss, the best distinct masks of the
-//! final population decided on all 16; the GA's size from `--preset`: `quick` on the CPU, `full`
-//! on a GPU), then SLEB given EvoP's wall time on its own protocol, perplexity on 24 windows x 256
-//! tokens of the evaluation split (each distinct mask evaluated once).
-use crate::experiment::{evaluate, ExperimentArgs, MethodRun, MethodRunner};
+//! windows x 128 tokens from the Wikipedia leads' calibration split, EvoP multi-fidelity (GA
+//! screening on the first 4 windows, KL-to-dense loss, the best distinct masks of the final
+//! population re-scored on all 16; the GA's size from `--preset`: `quick` on the CPU, `full` on a
+//! GPU), SLEB on its own protocol inside the run (4 random windows, mean NLL; its answer seeds the
+//! GA), then the decision stage (`evop::decision`): the GA's finalists, SLEB's answer and the greedy
+//! seed scored by mean NLL on 16 fresh CCDS windows that no search read; the lowest is the answer.
+//! Then SLEB given EvoP's wall time on its own protocol, perplexity on 24 windows x 256 tokens of
+//! the evaluation split (each distinct mask evaluated once), healing (`--heal`).
+use crate::experiment::{evaluate, ppl_candidates, sleb_candidates, ExperimentArgs, MethodRun, MethodRunner};
 use anyhow::{bail, Context, Result};
 use evop::heal::Healer;
 use evop::model::BlockMask;
@@ -93,7 +96,22 @@ fn sleb_at_equal_time(
     // The seed's seconds per window, scaled to whole windows (a forward's time is close to linear
     // in the tokens at these lengths).
     let seed_per_window = evop.seed_seconds / evop.seed_windows as f64 * args.exp.seqlen as f64 / evop.seed_tokens.max(1) as f64;
+    // SLEB inside EvoP's run (the decision stage's candidate) measured its own seconds per window.
+    let inside = &evop.detail["portfolio_sleb"];
+    if let (Some(removed), Some(w), Some(s)) = (inside["removed"].as_array(), inside["windows"].as_u64(), inside["seconds"].as_f64()) {
+        let mut row = evop.clone();
+        row.method = format!("sleb on {} random tokens (a candidate inside EvoP's run)", w as usize * args.exp.seqlen);
+        row.removed = removed.iter().filter_map(|b| b.as_u64().map(|b| b as usize)).collect();
+        row.search_seconds = s;
+        row.detail = serde_json::Value::Null;
+        rows.push(row);
+    }
+    let inside_per_window = match (inside["windows"].as_u64(), inside["seconds"].as_f64()) {
+        (Some(w), Some(s)) if w > 0 && s > 0.0 => Some(s / w as f64),
+        _ => None,
+    };
     let per_window = match evop.seed_method.as_str() {
+        _ if inside_per_window.is_some() => inside_per_window.expect("checked"),
         "sleb" if seeded => seed_per_window,
         "ppl" if seeded => seed_per_window * sleb_candidates(l, n) / ppl_candidates(l),
         _ => {
@@ -129,17 +147,6 @@ fn sleb_at_equal_time(
     Ok(rows)
 }
 
-/// Candidates SLEB scores removing `n` of `l` blocks: at each step every alive block but the
-/// first and last alive, plus its dense pass.
-fn sleb_candidates(l: usize, n: usize) -> f64 {
-    1.0 + (0..n).map(|k| l.saturating_sub(k + 2) as f64).sum::<f64>()
-}
-
-/// Candidates of the one-shot ranking seeding EvoP (the ends protected), plus its dense pass.
-fn ppl_candidates(l: usize) -> f64 {
-    (l.saturating_sub(2) + 1) as f64
-}
-
 pub fn run(args: Args) -> Result<()> {
     run_with(args, crate::experiment::run_method)
 }
@@ -156,6 +163,16 @@ pub fn check_settings(args: &Args) -> Result<()> {
     }
     if args.remove == Some(0) {
         bail!("--remove 0: must be at least 1");
+    }
+    args.exp.decision_spec()?;
+    for m in args.exp.also.iter().filter(|m| m.as_str() != "none") {
+        crate::checks::method("--also", m, &["none"])?;
+        if m == "evop" {
+            bail!("--also evop: EvoP's finalists are candidates already; name baselines");
+        }
+    }
+    if args.exp.time_budget.is_some() && args.method != "evop" {
+        bail!("--time-budget applies to EvoP (--method evop), not to --method {}", args.method);
     }
     if let Some(s) = args.sparsity.filter(|s| !(*s > 0.0 && *s < 1.0)) {
         bail!("--sparsity {s}: must be between 0 and 1 (exclusive)");
@@ -260,7 +277,7 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
     if args.heal.enabled() {
         println!("Healing: {} on {} x {} CCDS tokens of the calibration pool{}, guard {} windows",
             args.heal.healer(args.exp.batch_size).name(), args.heal.heal_windows, args.heal.heal_seqlen,
-            args.heal.heal_corpus.as_ref().map_or(String::new(), |p| format!(" and {}", p.display())), args.heal.heal_guard_windows);
+            if args.heal.heal_corpus == "none" { String::new() } else { format!(" and {}", args.heal.heal_corpus) }, args.heal.heal_guard_windows);
     }
     println!();
     println!("| model | removed blocks | calib NLL | eval PPL | search s |");
@@ -278,6 +295,18 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
             );
         }
     }
+    if let Some(d) = runs[0].detail.get("decision").filter(|d| !d.is_null()) {
+        let d: evop::Decision = serde_json::from_value(d.clone())?;
+        println!(
+            "\nDecision among every searcher's answers on {} fresh tokens ({} CCDS windows no search read; mean {}; {:.1} s, in EvoP's search s):",
+            d.tokens, d.windows, if d.loss == evop::model::LossKind::Nll { "NLL" } else { "KL to dense" }, d.seconds
+        );
+        println!("\n| candidate | removed blocks | decision score | chosen |");
+        println!("|---|---|---:|---|");
+        for (i, c) in d.scores.iter().enumerate() {
+            println!("| {} | {:?} | {:.4} | {} |", c.sources.join(", "), c.removed, c.score, if i == d.chosen { "yes" } else { "" });
+        }
+    }
     if let Some(h) = &runs[0].healed {
         println!("\nHealing of {} ({:?}):\n{}", runs[0].method, runs[0].removed, crate::heal::describe(h));
     }
@@ -291,7 +320,10 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         "calibration": calib.settings,
         "calibration_clusters": calib.clusters,
         "search": { "preset": args.exp.preset.name(&args.exp.model.device), "population": args.exp.population(),
-                    "stalled": args.exp.stalled(), "finalists": args.exp.finalists() },
+                    "stalled": args.exp.stalled(), "finalists": args.exp.finalists(), "time_budget_s": args.exp.time_budget,
+                    "decision_windows": args.exp.decision_windows, "decision_loss": args.exp.decision_loss,
+                    "portfolio_sleb_windows": args.exp.portfolio_sleb_windows, "also": args.exp.also },
+        "decision": runs[0].detail.get("decision").cloned().unwrap_or(serde_json::Value::Null),
         "dense": dense,
         "heal": if args.heal.enabled() { serde_json::json!({ "healer": args.heal.healer(args.exp.batch_size).name(), "windows": args.heal.heal_windows,
             "guard_windows": args.heal.heal_guard_windows, "seqlen": args.heal.heal_seqlen, "corpus": args.heal.heal_corpus }) } else { serde_json::Value::Null },

@@ -18,7 +18,8 @@ pub mod ridge;
 pub mod runs;
 
 pub use error::{HealError, Result};
-pub use linear::{LinearPatch, DEFAULT_RIDGE};
+pub use linear::{LinearPatch, DEFAULT_RIDGE, DEFAULT_RIDGE_SCALE};
+pub use ridge::RidgeScale;
 pub use runs::{removed_runs, RemovedRun};
 
 use candle_core::Tensor;

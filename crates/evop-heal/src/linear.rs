@@ -10,7 +10,7 @@
 //! without the patch). Streams are kept between runs, so no block runs twice on the same windows.
 use crate::error::{HealError, Result};
 use crate::fold::folded_weights;
-use crate::ridge::NormalEquations;
+use crate::ridge::{NormalEquations, RidgeScale};
 use crate::runs::removed_runs;
 use crate::{HealData, Healer, Healing, RunDecision, RunReport};
 use candle_core::{DType, Tensor};
@@ -20,16 +20,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Ridge toward the identity, relative to `mean(diag(M^T M))` (docs/healing.md: the choice).
-pub const DEFAULT_RIDGE: f64 = 5e-2;
+pub const DEFAULT_RIDGE: f64 = 1e-1;
+/// How the default ridge is scaled (docs/healing.md: the choice).
+pub const DEFAULT_RIDGE_SCALE: RidgeScale = RidgeScale::Diagonal;
 
 /// The linear patch healer and its settings.
 ///
-/// Defaults: `ridge` [`DEFAULT_RIDGE`], single-block runs patched (`single_block_runs: true`;
+/// Defaults: `ridge` [`DEFAULT_RIDGE`] scaled per dimension ([`DEFAULT_RIDGE_SCALE`]), single-block runs patched (`single_block_runs: true`;
 /// the guard decides), guard on, 8 windows per forward.
 #[derive(Clone, Debug)]
 pub struct LinearPatch {
-    /// `lambda = ridge * mean(diag(M^T M))` in `||M T - D||^2 + lambda ||T - I||^2`.
+    /// `lambda = ridge * mean(diag(M^T M))` in `||M T - D||^2 + lambda ||T - I||^2`, or per
+    /// output dimension (see `scale`).
     pub ridge: f64,
+    /// How `ridge` is scaled ([`RidgeScale`]).
+    pub scale: RidgeScale,
     /// Whether runs of one removed block are patched (else reported as skipped).
     pub single_block_runs: bool,
     /// Whether a patch must lower the guard windows' loss to be kept.
@@ -40,7 +45,7 @@ pub struct LinearPatch {
 
 impl Default for LinearPatch {
     fn default() -> Self {
-        Self { ridge: DEFAULT_RIDGE, single_block_runs: true, guard: true, batch_size: 8 }
+        Self { ridge: DEFAULT_RIDGE, scale: DEFAULT_RIDGE_SCALE, single_block_runs: true, guard: true, batch_size: 8 }
     }
 }
 
@@ -118,7 +123,11 @@ fn check_windows(what: &str, windows: &[Vec<u32>]) -> Result<()> {
 
 impl Healer for LinearPatch {
     fn name(&self) -> String {
-        format!("linear (ridge {}{})", self.ridge, if self.guard { ", guarded" } else { "" })
+        let scale = match self.scale {
+            RidgeScale::Mean => "",
+            RidgeScale::Diagonal => " per dimension",
+        };
+        format!("linear (ridge {}{scale}{})", self.ridge, if self.guard { ", guarded" } else { "" })
     }
 
     fn heal(&self, model: &LoadedModel, mask: &BlockMask, data: &HealData) -> Result<Healing> {
@@ -168,7 +177,7 @@ impl Healer for LinearPatch {
                 let target = (y - &parts.after_attention)?;
                 eq.add(&parts.mlp_out.flatten_to(1)?, &target.flatten_to(1)?)?;
             }
-            let t = eq.solve(self.ridge).map_err(|message| HealError::Solve { run: run.blocks(), message })?;
+            let t = eq.solve(self.ridge, self.scale).map_err(|message| HealError::Solve { run: run.blocks(), message })?;
             report.patched_block = Some(p);
             report.fit_tokens = eq.tokens();
             report.explained = Some(eq.explained(&t));

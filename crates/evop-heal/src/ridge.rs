@@ -5,13 +5,26 @@
 //!
 //! Setting the gradient to zero gives `(G + lambda I) T = C + lambda I` with the Gram matrices
 //! `G = M^T M` and `C = M^T D`, accumulated in f64 over every real token (the windows carry no
-//! padding). `lambda = ridge * mean(diag(G))`, so `ridge` is free of the activations' scale.
+//! padding). `lambda = ridge * mean(diag(G))` ([`RidgeScale::Mean`]) or, per output dimension,
+//! `ridge * G_ii` ([`RidgeScale::Diagonal`]), so `ridge` is free of the activations' scale.
 //! `G + lambda I` is symmetric positive definite for any `ridge > 0`: it is solved by Cholesky
 //! (linfa-linalg, already in the dependency tree through linfa-clustering; pure Rust, f64).
 use crate::error::{HealError, Result};
 use candle_core::{DType, Device, Tensor};
 use linfa_linalg::cholesky::SolveCInplace;
 use ndarray::Array2;
+
+/// How the ridge is scaled to the MLP outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RidgeScale {
+    /// One `lambda = ridge * mean(diag(G))` for every output dimension.
+    Mean,
+    /// `lambda_i = ridge * G_ii` per output dimension (`(G + L) T = C + L`, `L = ridge diag(G)`):
+    /// free of each dimension's scale, so the few dimensions of very large activation that LLM
+    /// residual streams carry do not set the penalty of all the others.
+    Diagonal,
+}
 
 /// Gram matrices of one patch's least-squares problem, accumulated batch by batch.
 #[derive(Clone, Debug)]
@@ -63,8 +76,8 @@ impl NormalEquations {
         self.target_energy
     }
 
-    /// The patch `T` `(h, h)` for `ridge > 0` (see the module header).
-    pub fn solve(&self, ridge: f64) -> std::result::Result<Array2<f64>, String> {
+    /// The patch `T` `(h, h)` for `ridge > 0` (see the module header and [`RidgeScale`]).
+    pub fn solve(&self, ridge: f64, scale: RidgeScale) -> std::result::Result<Array2<f64>, String> {
         if !(ridge > 0.0 && ridge.is_finite()) {
             return Err(format!("ridge {ridge} must be a positive number"));
         }
@@ -72,11 +85,15 @@ impl NormalEquations {
             return Err("no tokens were accumulated".into());
         }
         let h = self.gram.nrows();
-        let scale = self.gram.diag().mean().unwrap_or(0.0);
-        let lambda = ridge * if scale > 0.0 { scale } else { 1.0 };
+        let mean = self.gram.diag().mean().unwrap_or(0.0);
+        let floor = if mean > 0.0 { mean * 1e-12 } else { 1.0 };
         let mut a = self.gram.clone();
         let mut b = self.cross.clone();
         for i in 0..h {
+            let lambda = ridge * match scale {
+                RidgeScale::Mean => mean.max(floor),
+                RidgeScale::Diagonal => self.gram[(i, i)].max(floor),
+            };
             a[(i, i)] += lambda;
             b[(i, i)] += lambda;
         }
@@ -127,7 +144,7 @@ mod tests {
         eq.add(&tensor(&m.slice(ndarray::s![..120, ..]).to_owned()), &tensor(&d.slice(ndarray::s![..120, ..]).to_owned())).unwrap();
         eq.add(&tensor(&m.slice(ndarray::s![120.., ..]).to_owned()), &tensor(&d.slice(ndarray::s![120.., ..]).to_owned())).unwrap();
         assert_eq!(eq.tokens(), n);
-        let t = eq.solve(1e-12).unwrap();
+        let t = eq.solve(1e-12, RidgeScale::Mean).unwrap();
         let err = (&t - &t_star).iter().map(|x| x.abs()).fold(0.0, f64::max);
         assert!(err < 1e-8, "max |T - T*| = {err}");
         assert!((eq.explained(&t) - 1.0).abs() < 1e-9);
@@ -142,12 +159,14 @@ mod tests {
         let mut eq = NormalEquations::new(h);
         eq.add(&tensor(&m), &tensor(&d)).unwrap();
         let dist = |ridge: f64| {
-            let t = eq.solve(ridge).unwrap();
+            let t = eq.solve(ridge, RidgeScale::Mean).unwrap();
             (&t - &Array2::<f64>::eye(h)).iter().map(|x| x * x).sum::<f64>().sqrt()
         };
         let (a, b, c) = (dist(1e-2), dist(1e2), dist(1e8));
         assert!(a > b && b > c, "{a} > {b} > {c}");
         assert!(c < 1e-6, "||T - I|| = {c} at ridge 1e8");
+        let t = eq.solve(1e8, RidgeScale::Diagonal).unwrap();
+        assert!((&t - &Array2::<f64>::eye(h)).iter().all(|x| x.abs() < 1e-6), "diagonal scaling too");
     }
 
     /// The residual from the Gram matrices equals the one computed directly.
@@ -164,12 +183,12 @@ mod tests {
     #[test]
     fn bad_settings_and_shapes_are_errors() {
         let mut eq = NormalEquations::new(4);
-        assert!(eq.solve(1e-3).unwrap_err().contains("no tokens"));
+        assert!(eq.solve(1e-3, RidgeScale::Mean).unwrap_err().contains("no tokens"));
         let m = Tensor::zeros((3, 4), DType::F32, &Device::Cpu).unwrap();
         let d = Tensor::zeros((3, 5), DType::F32, &Device::Cpu).unwrap();
         assert!(eq.add(&m, &d).is_err());
         eq.add(&m, &m).unwrap();
-        assert!(eq.solve(0.0).unwrap_err().contains("positive"));
-        assert!(eq.solve(f64::NAN).is_err());
+        assert!(eq.solve(0.0, RidgeScale::Diagonal).unwrap_err().contains("positive"));
+        assert!(eq.solve(f64::NAN, RidgeScale::Mean).is_err());
     }
 }

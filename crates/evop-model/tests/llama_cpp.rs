@@ -13,6 +13,9 @@
 //! `exp` of the mean NLL over all scored tokens. evop tokenizes the same text with its own
 //! tokenizer; when `llama-tokenize` is built beside the binary the two token lists must be equal.
 //!
+//! `EVOP_LLAMA_CPP_EXTRA=F.gguf[,...]` adds files of the same tokenizer to check (a healed model
+//! written by `evop heal --out F.gguf`).
+//!
 //! Runs only when the binary is there: `$EVOP_LLAMA_PERPLEXITY`, or
 //! `{$EVOP_LLAMA_CPP_DIR or .cache/llama.cpp}/*/llama.cpp/build/bin/llama-perplexity` in the
 //! workspace (`scripts/build_llama_cpp.sh` builds it); otherwise it prints a note and passes.
@@ -205,7 +208,13 @@ fn pruned_and_patched_smollm2_perplexity_agrees_with_llama_cpp() {
     eprintln!("{} characters, {} tokens; {CHUNKS} chunks of {N_CTX}, the second half of each scored", text.chars().count(), ids.len());
 
     let mut worst = 0f64;
-    for (what, file) in [("pruned [13..=18]", &pruned), ("pruned [13..=18], block 12 ffn_down patched", &patched_file)] {
+    let mut files = vec![("pruned [13..=18]".to_string(), pruned.clone()), ("pruned [13..=18], block 12 ffn_down patched".to_string(), patched_file.clone())];
+    // `EVOP_LLAMA_CPP_EXTRA=F.gguf[,G.gguf]`: also check these files (e.g. a healed SmolLM2 with
+    // 24 blocks written by `evop heal --out F.gguf`), on the same tokens.
+    for extra in std::env::var("EVOP_LLAMA_CPP_EXTRA").unwrap_or_default().split(',').filter(|f| !f.is_empty()) {
+        files.push((extra.to_string(), PathBuf::from(extra)));
+    }
+    for (what, file) in &files {
         let reference = llama_cpp_perplexity(&bin, file, &text_file);
         let ours = evop_perplexity(file, &ids, bos);
         let rel = (ours / reference - 1.0).abs();

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Markdown tables of healing rows (examples/heal_study.rs, docs/results/heal-*.rows.jsonl).
+
+For every model, heal corpus and mask: each configuration's perplexity on the evaluation split (whole,
+pooled over the per-topic windows), on each out-of-domain text and on the tuning windows, and the share
+of the log-perplexity gap it closes, (ln ppl_unhealed - ln ppl_healed) / (ln ppl_unhealed - ln ppl_dense);
+the worst topic's change in percent (positive = worse), runs patched and heal seconds.
+
+  python3 scripts/heal_table.py docs/results/heal-*.rows.jsonl [--configs none,linear]
+"""
+import argparse
+import json
+import math
+from collections import OrderedDict
+
+
+def closed(dense, pruned, healed):
+    if None in (dense, pruned, healed) or pruned <= dense:
+        return None
+    return (math.log(pruned) - math.log(healed)) / (math.log(pruned) - math.log(dense))
+
+
+def fmt(x, d=2):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--configs", default=None, help="only these configurations (comma-separated)")
+    args = ap.parse_args()
+    rows = [json.loads(l) for f in args.files for l in open(f) if l.strip()]
+    keep = args.configs.split(",") if args.configs else None
+    groups = OrderedDict()
+    for r in rows:
+        groups.setdefault((r["model"], r.get("heal_corpus")), []).append(r)
+    for (model, corpus), rs in groups.items():
+        dense = next((r for r in rs if not r["removed"]), None)
+        if dense is None:
+            dense = next((r for r in rows if r["model"] == model and not r["removed"]), None)
+        oods = sorted({k for r in rs for k in r.get("ood", {})})
+        print(f"\n### {model}" + (f", healer pool + {corpus.split('/')[-1]}" if corpus else ", healer pool: Wikipedia calibration split"))
+        if dense:
+            print(f"dense: eval {fmt(dense.get('eval_ppl'))}, " + ", ".join(f"{k} {fmt(dense['ood'].get(k))}" for k in oods)
+                  + (f", tune {fmt(dense.get('tune_ppl'))}" if dense.get("tune_ppl") else ""))
+        head = ["removed", "config", "eval PPL", "closed"] + [x for k in oods for x in (k, "closed")] + ["tune PPL", "closed", "worst topic", "patched", "heal s"]
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        masks = OrderedDict()
+        for r in rs:
+            if r["removed"]:
+                masks.setdefault(tuple(r["removed"]), []).append(r)
+        for removed, mr in masks.items():
+            # The unhealed row does not depend on the healer's pool: any of the model's will do.
+            base = next((r for r in rows if r["model"] == model and tuple(r["removed"]) == removed and r["config"] == "none"), None)
+            for r in mr:
+                if keep and r["config"] not in keep:
+                    continue
+                cells = [compact(removed), r["config"] + (f" s{r['seed']}" if r["seed"] else ""), fmt(r.get("eval_ppl"))]
+                healed = r["config"] != "none" and base is not None and dense is not None
+                cells.append(pct(closed(dense.get("eval_ppl"), base.get("eval_ppl"), r.get("eval_ppl"))) if healed else "-")
+                for k in oods:
+                    cells.append(fmt(r["ood"].get(k)))
+                    cells.append(pct(closed(dense["ood"].get(k), base["ood"].get(k), r["ood"].get(k))) if healed else "-")
+                cells.append(fmt(r.get("tune_ppl")))
+                cells.append(pct(closed(dense.get("tune_ppl"), base.get("tune_ppl"), r.get("tune_ppl"))) if healed and r.get("tune_ppl") else "-")
+                if healed and r.get("topics") and base.get("topics"):
+                    worst = max((r["topics"][t] / base["topics"][t] - 1, t) for t in r["topics"] if t in base["topics"])
+                    cells.append(f"{100 * worst[0]:+.1f}% ({worst[1]})")
+                else:
+                    cells.append("-")
+                cells.append(f"{r['patched_runs']}/{len(r['runs'])}" if r["runs"] else "-")
+                cells.append(fmt(r.get("heal_seconds"), 1) if healed else "-")
+                print("| " + " | ".join(cells) + " |")
+
+
+def pct(x):
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def compact(removed):
+    out, start = [], None
+    for i, b in enumerate(removed):
+        if start is None:
+            start = b
+        if i + 1 == len(removed) or removed[i + 1] != b + 1:
+            out.append(str(start) if start == b else f"{start}..{b}")
+            start = None
+    return "[" + ", ".join(out) + "]"
+
+
+if __name__ == "__main__":
+    main()
