@@ -133,6 +133,14 @@ pub struct MlpOutProjection {
     pub bias: Option<String>,
 }
 
+/// An error unless `index` names one of `num_blocks` blocks (for the architectures' block accessors).
+pub(crate) fn check_block_index(index: usize, num_blocks: usize) -> Result<()> {
+    if index >= num_blocks {
+        return Err(ModelError::Input(format!("block {index} does not exist: the model has {num_blocks} blocks")));
+    }
+    Ok(())
+}
+
 /// Block-level forward of a decoder-only language model. Implemented by every architecture.
 pub trait BlockLm: Send + Sync {
     /// Sizes, dtype and device.

@@ -6,7 +6,7 @@
 //!
 //! The variants differ only in [`AttentionLayout::of`].
 use crate::error::{ModelError, Result};
-use super::block_lm::{Architecture, AttnContext, BlockLm, BlockParts, LayerCache, MlpOutProjection, ModelInfo};
+use super::block_lm::{check_block_index, Architecture, AttnContext, BlockLm, BlockParts, LayerCache, MlpOutProjection, ModelInfo};
 use crate::kernels::{self, split_heads, RotaryTable};
 use candle_core::{Device, Module, Tensor};
 use crate::kernels::Linear;
@@ -257,13 +257,6 @@ fn move_to(t: &Tensor, device: &Device) -> candle_core::Result<Tensor> {
 }
 
 impl Llama {
-    fn check_index(&self, index: usize) -> Result<()> {
-        if index >= self.blocks.len() {
-            return Err(ModelError::Input(format!("block {index} does not exist: the model has {} blocks", self.blocks.len())));
-        }
-        Ok(())
-    }
-
     /// Block `index`'s output as its two summands: the stream after attention and the MLP output.
     fn block_summands(
         &self,
@@ -272,7 +265,7 @@ impl Llama {
         ctx: &AttnContext,
         cache: Option<&mut LayerCache>,
     ) -> Result<(Tensor, Tensor)> {
-        self.check_index(index)?;
+        check_block_index(index, self.blocks.len())?;
         let b = &self.blocks[index];
         let stage = self.block_stage[index];
         let device = &self.devices[stage];
@@ -324,7 +317,7 @@ impl BlockLm for Llama {
     }
 
     fn mlp_out_projection(&self, index: usize) -> Result<MlpOutProjection> {
-        self.check_index(index)?;
+        check_block_index(index, self.blocks.len())?;
         Ok(MlpOutProjection { weight: format!("model.layers.{index}.mlp.down_proj.weight"), bias: None })
     }
 

@@ -3,7 +3,7 @@
 //! ReLU MLP, pre- or post-norm (`do_layer_norm_before`), and `project_in` / `project_out` when the
 //! embedding width differs from the hidden size (OPT-350m).
 use crate::error::{ModelError, Result};
-use super::block_lm::{Architecture, AttnContext, BlockLm, BlockParts, LayerCache, MlpOutProjection, ModelInfo};
+use super::block_lm::{check_block_index, Architecture, AttnContext, BlockLm, BlockParts, LayerCache, MlpOutProjection, ModelInfo};
 use crate::kernels::{causal_attention, split_heads, split_heads_contiguous};
 use candle_core::{Module, Tensor};
 use crate::kernels::Linear;
@@ -161,9 +161,7 @@ impl Opt {
 
 impl Opt {
     fn check_foldable(&self, index: usize) -> Result<()> {
-        if index >= self.blocks.len() {
-            return Err(ModelError::Input(format!("block {index} does not exist: the model has {} blocks", self.blocks.len())));
-        }
+        check_block_index(index, self.blocks.len())?;
         if !self.pre_norm {
             return Err(ModelError::Input(
                 "post-norm OPT (do_layer_norm_before: false) normalises after the residual add: a block's output is not \
@@ -183,9 +181,7 @@ impl Opt {
         ctx: &AttnContext,
         cache: Option<&mut LayerCache>,
     ) -> Result<(Tensor, Tensor)> {
-        if index >= self.blocks.len() {
-            return Err(ModelError::Input(format!("block {index} does not exist: the model has {} blocks", self.blocks.len())));
-        }
+        check_block_index(index, self.blocks.len())?;
         let b = &self.blocks[index];
         let norm_in = |x: &Tensor, n: &LayerNorm| if self.pre_norm { n.forward(x) } else { Ok(x.clone()) };
         let norm_out = |x: Tensor, n: &LayerNorm| if self.pre_norm { Ok(x) } else { n.forward(&x) };
