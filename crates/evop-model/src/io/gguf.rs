@@ -144,37 +144,54 @@ impl GgufFile {
     }
 }
 
+/// GGUF names of the tensors outside the blocks, with their Hugging Face names.
+const FIXED_NAMES: [(&str, &str); 3] =
+    [("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight"), ("output.weight", "lm_head.weight")];
+
+/// GGUF names of a block's tensors (after `blk.{i}.`), with their Hugging Face names (after
+/// `model.layers.{i}.`).
+const BLOCK_NAMES: [(&str, &str); 13] = [
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_q.bias", "self_attn.q_proj.bias"),
+    ("attn_k.bias", "self_attn.k_proj.bias"),
+    ("attn_v.bias", "self_attn.v_proj.bias"),
+    ("attn_output.bias", "self_attn.o_proj.bias"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+];
+
 /// Maps a GGUF tensor name of a Llama-family model to its Hugging Face name.
 fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
+    if let Some((_, hf)) = FIXED_NAMES.iter().find(|(g, _)| *g == gguf) {
+        return Some(hf.to_string());
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (idx, part) = rest.split_once('.')?;
     let idx: usize = idx.parse().ok()?;
-    let hf = match part {
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_q.bias" => "self_attn.q_proj.bias",
-        "attn_k.bias" => "self_attn.k_proj.bias",
-        "attn_v.bias" => "self_attn.v_proj.bias",
-        "attn_output.bias" => "self_attn.o_proj.bias",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        _ => return None,
-    };
+    let (_, hf) = BLOCK_NAMES.iter().find(|(g, _)| *g == part)?;
     Some(format!("model.layers.{idx}.{hf}"))
+}
+
+/// The inverse of [`hf_name`]: the GGUF name of a Hugging Face tensor name (block indices in
+/// canonical decimal only).
+pub(crate) fn gguf_name(hf: &str) -> Option<String> {
+    if let Some((g, _)) = FIXED_NAMES.iter().find(|(_, h)| *h == hf) {
+        return Some(g.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (idx, part) = rest.split_once('.')?;
+    if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) || (idx.len() > 1 && idx.starts_with('0')) {
+        return None;
+    }
+    let idx: usize = idx.parse().ok()?;
+    let (gguf, _) = BLOCK_NAMES.iter().find(|(_, h)| *h == part)?;
+    Some(format!("blk.{idx}.{gguf}"))
 }
 
 /// Inverts llama.cpp's Q/K row permutation: rows ordered `(head, i, half)` become `(head, half, i)`.

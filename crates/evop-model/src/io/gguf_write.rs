@@ -37,7 +37,7 @@
 //! without replacing anything: an existing destination is never overwritten, and an interrupted
 //! write never leaves a partial file under the destination's name.
 use crate::error::{ModelError, Result};
-use crate::io::gguf::GgufFile;
+use crate::io::gguf::{gguf_name, GgufFile};
 use crate::mask::BlockMask;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -466,44 +466,6 @@ impl Plan {
         let file = w.into_inner().map_err(|e| io_dest(e.into_error()))?;
         file.sync_all().map_err(io_dest)
     }
-}
-
-/// The GGUF name of a Hugging Face tensor name of a Llama-family model: the inverse of
-/// `io::gguf`'s `hf_name` (private there; the unit test below lists its pairs). Block indices are
-/// canonical decimal numbers (`07` maps to nothing).
-fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (idx, part) = rest.split_once('.')?;
-    if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) || (idx.len() > 1 && idx.starts_with('0')) {
-        return None;
-    }
-    let idx: usize = idx.parse().ok()?;
-    let gguf = match part {
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.q_proj.bias" => "attn_q.bias",
-        "self_attn.k_proj.bias" => "attn_k.bias",
-        "self_attn.v_proj.bias" => "attn_v.bias",
-        "self_attn.o_proj.bias" => "attn_output.bias",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{idx}.{gguf}"))
 }
 
 /// The block index of a GGUF tensor name `blk.{i}.*`.
