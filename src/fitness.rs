@@ -124,7 +124,7 @@ impl Fitness for CalibrationFitness {
 
 /// Indices ordered round-robin over groups (group order by first appearance; within a group,
 /// original order), so every prefix is as balanced across groups as possible.
-fn round_robin_order(n: usize, groups: Option<&[usize]>) -> Vec<usize> {
+pub(crate) fn round_robin_order(n: usize, groups: Option<&[usize]>) -> Vec<usize> {
     let Some(groups) = groups else { return (0..n).collect() };
     let mut buckets: Vec<(usize, Vec<usize>)> = Vec::new();
     for (i, &g) in groups.iter().enumerate() {

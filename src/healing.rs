@@ -80,29 +80,10 @@ pub fn build_heal_data(model: &LoadedModel, pool: &Corpus, spec: &HealDataSpec, 
     Ok(data)
 }
 
-/// `n` indices taken one per group in turn (groups in order of first appearance), each group's
-/// members in order.
+/// `n` indices taken one per group in turn (groups in order of first appearance, each group's
+/// members in order): the first `n` of the fitness's round-robin order.
 fn round_robin(labels: &[usize], n: usize) -> Vec<usize> {
-    let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-    for (i, &g) in labels.iter().enumerate() {
-        match groups.iter_mut().find(|(label, _)| *label == g) {
-            Some((_, members)) => members.push(i),
-            None => groups.push((g, vec![i])),
-        }
-    }
-    let mut out = Vec::with_capacity(n);
-    let mut round = 0;
-    while out.len() < n.min(labels.len()) {
-        for (_, members) in &groups {
-            if let Some(&i) = members.get(round) {
-                if out.len() < n {
-                    out.push(i);
-                }
-            }
-        }
-        round += 1;
-    }
-    out
+    crate::fitness::round_robin_order(labels.len(), Some(labels)).into_iter().take(n).collect()
 }
 
 #[cfg(test)]
