@@ -438,161 +438,185 @@ pub fn run_method(
     interrupt: Option<Arc<AtomicBool>>,
     plots_dir: Option<&std::path::Path>,
 ) -> Result<MethodRun> {
+    if method == "evop" {
+        let (mut checkpoint, mut interrupt) = (checkpoint, interrupt);
+        return run_evop(args, setup, calib, n, plots_dir, &mut |spec: evop::SearchSpec| {
+            let mut p = Pipeline::new(&setup.model, setup.split.calibration.clone())
+                .remove(n)
+                .objective(args.objective)
+                .search(spec)
+                .seed(args.seed)
+                .evaluator(evop::model::EvaluatorOptions { batch_size: args.batch_size, loss: args.loss_kind()?, ..Default::default() })
+                .observer(SearchProgress::new(args.generations, &format!("evop n={n}")));
+            if let Some((path, resume)) = checkpoint.take() {
+                p = p.checkpoint(path, resume);
+            }
+            if let Some(flag) = interrupt.take() {
+                p = p.interrupt(flag);
+            }
+            Ok((p.run_on(calib)?, serde_json::Value::Null))
+        });
+    }
+    let start = Instant::now();
+    let pruner = evop::baselines::pruner_by_name(method)?;
+    let s = spinner(&format!("{method} n={n}"));
+    let r = pruner.prune(&setup.model.lm, &calib.token_windows(), n)?;
+    s.finish_and_clear();
+    finish(args, setup, calib, method, n, start, 0.0, r.removed(), r.counts, serde_json::to_value(&r.trace)?, (0.0, Vec::new(), 0, String::new(), 0))
+}
+
+/// The search step of an EvoP run: given the prepared spec (seed masks, time limit), returns the
+/// search's report and any extra detail to record under `detail["distributed"]` (null for none).
+/// One process runs `Pipeline::run_on`; `mpi::run_method` spreads the fitness over ranks.
+pub type EvopSearchStep<'a> = dyn FnMut(evop::SearchSpec) -> Result<(evop::PruneReport, serde_json::Value)> + 'a;
+
+/// EvoP's whole run, the same in one process and across MPI ranks: the greedy seed
+/// (`--seed-with`), SLEB on its own random windows (a seed and a candidate), `--also` baselines,
+/// the search (`search`), then the decision stage (`evop::decision`) over every finalist.
+pub fn run_evop(
+    args: &ExperimentArgs,
+    setup: &Setup,
+    calib: &evop::data::CalibrationSet,
+    n: usize,
+    plots_dir: Option<&std::path::Path>,
+    search: &mut EvopSearchStep<'_>,
+) -> Result<MethodRun> {
+    let method = "evop";
     let lm = setup.model.lm.clone();
     let windows = calib.token_windows();
     let start = Instant::now();
     let mut excluded_seconds = 0.0;
-    let (mut seed_seconds, mut seed_removed, mut seed_windows, mut seed_method, mut seed_tokens) = (0.0, Vec::new(), 0, String::new(), 0);
-    let (removed, counts, detail) = if method == "evop" {
-        let mut spec = args.search_spec()?;
-        let decision = args.decision_spec()?;
-        let seeded = spec.screening.as_ref().map_or(windows.len(), |sc| sc.windows.min(windows.len()));
-        let t = Instant::now();
-        let seed_with = args.seed_with();
-        let seed_data: Vec<Vec<u32>> = windows[..seeded].iter().map(|w| w[..args.seed_tokens().min(w.len())].to_vec()).collect();
-        spec.seed_with_baselines(&lm, &seed_data, n, &seed_with)?;
-        (seed_seconds, seed_windows, seed_tokens) = (t.elapsed().as_secs_f64(), seeded, args.seed_tokens());
-        seed_method = seed_with.join(",");
-        seed_removed = spec.seed_masks.first().cloned().unwrap_or_default();
-        let l = lm.num_blocks();
-        // Seconds of one candidate on one whole window, from the seed's own timing (the one-shot
-        // ranking scores ppl_candidates masks, SLEB sleb_candidates), else from SLEB's below.
-        let mut per_candidate_window = match seed_method.as_str() {
-            "ppl" => seed_seconds / (seeded as f64 * ppl_candidates(l)),
-            "sleb" => seed_seconds / (seeded as f64 * sleb_candidates(l, n)),
-            _ => f64::NAN,
-        } * args.seqlen as f64 / args.seed_tokens().max(1) as f64;
-        // SLEB on its own protocol inside the run (random windows, mean NLL): a candidate, and a
-        // seed of the GA.
-        let mut portfolio_sleb = serde_json::Value::Null;
-        let mut sleb_candidate = None;
-        let mut sleb_windows_read: Vec<Vec<u32>> = Vec::new();
-        let r = args.portfolio_sleb_windows;
-        if decision.is_some() && r > 0 {
-            let ts = Instant::now();
-            let rspec = CalibrationSpec { windows: r, seqlen: args.seqlen, sampler: SamplerKind::Random };
-            // A small corpus may hold fewer windows than asked: SLEB then reads them all.
-            let random = match evop::build_calibration(&setup.model, &setup.split.calibration, &rspec, args.seed) {
-                Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { available, .. })) if available >= 1 => {
-                    let all = CalibrationSpec { windows: available, ..rspec.clone() };
-                    evop::build_calibration(&setup.model, &setup.split.calibration, &all, args.seed)
-                }
-                other => other,
+    let mut spec = args.search_spec()?;
+    let decision = args.decision_spec()?;
+    let seeded = spec.screening.as_ref().map_or(windows.len(), |sc| sc.windows.min(windows.len()));
+    let t = Instant::now();
+    let seed_with = args.seed_with();
+    let seed_data: Vec<Vec<u32>> = windows[..seeded].iter().map(|w| w[..args.seed_tokens().min(w.len())].to_vec()).collect();
+    spec.seed_with_baselines(&lm, &seed_data, n, &seed_with)?;
+    let (seed_seconds, seed_windows, seed_tokens) = (t.elapsed().as_secs_f64(), seeded, args.seed_tokens());
+    let seed_method = seed_with.join(",");
+    let seed_removed = spec.seed_masks.first().cloned().unwrap_or_default();
+    let l = lm.num_blocks();
+    // Seconds of one candidate on one whole window, from the seed's own timing (the one-shot
+    // ranking scores ppl_candidates masks, SLEB sleb_candidates), else from SLEB's below.
+    let mut per_candidate_window = match seed_method.as_str() {
+        "ppl" => seed_seconds / (seeded as f64 * ppl_candidates(l)),
+        "sleb" => seed_seconds / (seeded as f64 * sleb_candidates(l, n)),
+        _ => f64::NAN,
+    } * args.seqlen as f64 / args.seed_tokens().max(1) as f64;
+    // SLEB on its own protocol inside the run (random windows, mean NLL): a candidate, and a
+    // seed of the GA.
+    let mut portfolio_sleb = serde_json::Value::Null;
+    let mut sleb_candidate = None;
+    let mut sleb_windows_read: Vec<Vec<u32>> = Vec::new();
+    let r = args.portfolio_sleb_windows;
+    if decision.is_some() && r > 0 {
+        let ts = Instant::now();
+        let rspec = CalibrationSpec { windows: r, seqlen: args.seqlen, sampler: SamplerKind::Random };
+        // A small corpus may hold fewer windows than asked: SLEB then reads them all.
+        let random = match evop::build_calibration(&setup.model, &setup.split.calibration, &rspec, args.seed) {
+            Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { available, .. })) if available >= 1 => {
+                let all = CalibrationSpec { windows: available, ..rspec.clone() };
+                evop::build_calibration(&setup.model, &setup.split.calibration, &all, args.seed)
             }
-            .with_context(|| format!("drawing {r} random windows for SLEB inside EvoP's run (--portfolio-sleb-windows)"))?
-            .token_windows();
-            let r = random.len();
-            let s = spinner(&format!("sleb on {r} random windows n={n}"));
-            let answer = evop::baselines::pruner_by_name("sleb")?.prune(&lm, &random, n)?.removed();
-            s.finish_and_clear();
-            let seconds = ts.elapsed().as_secs_f64();
-            if !per_candidate_window.is_finite() {
-                per_candidate_window = seconds / (r as f64 * sleb_candidates(l, n));
-            }
-            if !spec.seed_masks.contains(&answer) {
-                spec.seed_masks.push(answer.clone());
-            }
-            portfolio_sleb = serde_json::json!({ "windows": r, "tokens": r * args.seqlen, "seconds": seconds, "removed": answer });
-            sleb_candidate = Some((format!("sleb ({} random tokens)", r * args.seqlen), answer));
-            sleb_windows_read = random;
+            other => other,
         }
-        let mut also = Vec::new();
-        if decision.is_some() {
-            for name in args.also.iter().filter(|m| m.as_str() != "none") {
-                let r = evop::baselines::pruner_by_name(name)?.prune(&lm, &windows, n)?;
-                also.push((name.clone(), r.removed()));
-            }
-        }
-        if let (Some(b), Some(d)) = (args.time_budget, &decision) {
-            let candidates = args.finalists() + 2 + also.len();
-            let decide_estimate = if per_candidate_window.is_finite() { per_candidate_window * (candidates * d.windows) as f64 } else { 0.0 };
-            spec.time_limit_s = Some((b - start.elapsed().as_secs_f64() - decide_estimate).max(0.0));
-        } else if let Some(b) = args.time_budget {
-            spec.time_limit_s = Some((b - start.elapsed().as_secs_f64()).max(0.0));
-        }
-        let mut p = Pipeline::new(&setup.model, setup.split.calibration.clone())
-            .remove(n)
-            .objective(args.objective)
-            .search(spec)
-            .seed(args.seed)
-            .evaluator(evop::model::EvaluatorOptions { batch_size: args.batch_size, loss: args.loss_kind()?, ..Default::default() })
-            .observer(SearchProgress::new(args.generations, &format!("evop n={n}")));
-        if let Some((path, resume)) = checkpoint {
-            p = p.checkpoint(path, resume);
-        }
-        if let Some(flag) = interrupt {
-            p = p.interrupt(flag);
-        }
-        let report = p.run_on(calib)?;
-        if let Some(dir) = plots_dir {
-            crate::plots::convergence(&dir.join(format!("convergence-n{n}")), &report.history)?;
-        }
-        let mut detail = serde_json::to_value(&report)?;
-        let mut removed = report.removed.clone();
-        if let Some(dspec) = &decision {
-            // The decision windows' draw (MiniLM embedding and k-means) is timed apart, like the
-            // calibration set's; scoring the candidates counts in EvoP's seconds.
-            let paused = Instant::now();
-            let mut exclude = windows.clone();
-            exclude.extend(sleb_windows_read.iter().cloned());
-            let s = spinner("drawing the decision windows");
-            // A small corpus may hold fewer fresh windows than asked: decide on those there are;
-            // with none left, the GA's own choice stands (said on stderr and in report.json).
-            let fresh = match evop::decision_windows(&setup.model, &setup.split.calibration, dspec, args.seed, &exclude) {
-                Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { available, .. })) if available >= 1 => {
-                    let fewer = evop::DecisionSpec { windows: available, pool: dspec.pool.max(available), ..dspec.clone() };
-                    Some(evop::decision_windows(&setup.model, &setup.split.calibration, &fewer, args.seed, &exclude)?)
-                }
-                Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { .. })) => None,
-                other => Some(other?),
-            };
-            s.finish_and_clear();
-            let Some(fresh) = fresh else {
-                eprintln!("warning: the calibration pool has no window left that no search read: no decision stage (the GA's choice stands); use a larger corpus");
-                detail["decision"] = serde_json::Value::Null;
-                detail["decision_skipped"] = serde_json::json!("no fresh window left in the calibration pool");
-                detail["portfolio_sleb"] = portfolio_sleb;
-                excluded_seconds += paused.elapsed().as_secs_f64();
-                return finish(args, setup, calib, method, n, start, excluded_seconds, report.removed.clone(), report.counts, detail, (seed_seconds, seed_removed, seed_windows, seed_method, seed_tokens));
-            };
-            if let Some(dir) = plots_dir {
-                fresh.save(&dir.join("decision-windows.json"))?;
-            }
-            let draw_seconds = paused.elapsed().as_secs_f64();
-            let mut candidates: Vec<evop::Candidate> =
-                report.finalists.iter().enumerate().map(|(i, (r, _))| evop::Candidate::new(format!("evop finalist {}", i + 1), r.clone())).collect();
-            if candidates.is_empty() {
-                candidates.push(evop::Candidate::new("evop", report.removed.clone()));
-            }
-            if let Some((label, r)) = &sleb_candidate {
-                candidates.push(evop::Candidate::new(label.clone(), r.clone()));
-            }
-            if !seed_removed.is_empty() {
-                candidates.push(evop::Candidate::new(format!("{seed_method} seed"), seed_removed.clone()));
-            }
-            for (name, r) in &also {
-                candidates.push(evop::Candidate::new(name.clone(), r.clone()));
-            }
-            let s = spinner(&format!("deciding among {} candidates on {} fresh tokens", candidates.len(), dspec.tokens()));
-            let d = evop::decide(&lm, &candidates, &fresh.token_windows(), dspec, args.batch_size)?;
-            s.finish_and_clear();
-            removed = d.removed.clone();
-            detail["decision"] = serde_json::to_value(&d)?;
-            detail["decision"]["windows_drawn_seconds"] = serde_json::json!(draw_seconds);
-            detail["decision"]["calibration_clusters"] = serde_json::json!(fresh.clusters);
-            detail["portfolio_sleb"] = portfolio_sleb;
-            // The draw is not search time.
-            excluded_seconds += draw_seconds;
-        }
-        (removed, report.counts, detail)
-    } else {
-        let pruner = evop::baselines::pruner_by_name(method)?;
-        let s = spinner(&format!("{method} n={n}"));
-        let r = pruner.prune(&lm, &windows, n)?;
+        .with_context(|| format!("drawing {r} random windows for SLEB inside EvoP's run (--portfolio-sleb-windows)"))?
+        .token_windows();
+        let r = random.len();
+        let s = spinner(&format!("sleb on {r} random windows n={n}"));
+        let answer = evop::baselines::pruner_by_name("sleb")?.prune(&lm, &random, n)?.removed();
         s.finish_and_clear();
-        (r.removed(), r.counts, serde_json::to_value(&r.trace)?)
-    };
-    finish(args, setup, calib, method, n, start, excluded_seconds, removed, counts, detail, (seed_seconds, seed_removed, seed_windows, seed_method, seed_tokens))
+        let seconds = ts.elapsed().as_secs_f64();
+        if !per_candidate_window.is_finite() {
+            per_candidate_window = seconds / (r as f64 * sleb_candidates(l, n));
+        }
+        if !spec.seed_masks.contains(&answer) {
+            spec.seed_masks.push(answer.clone());
+        }
+        portfolio_sleb = serde_json::json!({ "windows": r, "tokens": r * args.seqlen, "seconds": seconds, "removed": answer });
+        sleb_candidate = Some((format!("sleb ({} random tokens)", r * args.seqlen), answer));
+        sleb_windows_read = random;
+    }
+    let mut also = Vec::new();
+    if decision.is_some() {
+        for name in args.also.iter().filter(|m| m.as_str() != "none") {
+            let r = evop::baselines::pruner_by_name(name)?.prune(&lm, &windows, n)?;
+            also.push((name.clone(), r.removed()));
+        }
+    }
+    if let (Some(b), Some(d)) = (args.time_budget, &decision) {
+        let candidates = args.finalists() + 2 + also.len();
+        let decide_estimate = if per_candidate_window.is_finite() { per_candidate_window * (candidates * d.windows) as f64 } else { 0.0 };
+        spec.time_limit_s = Some((b - start.elapsed().as_secs_f64() - decide_estimate).max(0.0));
+    } else if let Some(b) = args.time_budget {
+        spec.time_limit_s = Some((b - start.elapsed().as_secs_f64()).max(0.0));
+    }
+    let (report, distributed) = search(spec)?;
+    if let Some(dir) = plots_dir {
+        crate::plots::convergence(&dir.join(format!("convergence-n{n}")), &report.history)?;
+    }
+    let mut detail = serde_json::to_value(&report)?;
+    if !distributed.is_null() {
+        detail["distributed"] = distributed;
+    }
+    let mut removed = report.removed.clone();
+    if let Some(dspec) = &decision {
+        // The decision windows' draw (MiniLM embedding and k-means) is timed apart, like the
+        // calibration set's; scoring the candidates counts in EvoP's seconds.
+        let paused = Instant::now();
+        let mut exclude = windows.clone();
+        exclude.extend(sleb_windows_read.iter().cloned());
+        let s = spinner("drawing the decision windows");
+        // A small corpus may hold fewer fresh windows than asked: decide on those there are;
+        // with none left, the GA's own choice stands (said on stderr and in report.json).
+        let fresh = match evop::decision_windows(&setup.model, &setup.split.calibration, dspec, args.seed, &exclude) {
+            Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { available, .. })) if available >= 1 => {
+                let fewer = evop::DecisionSpec { windows: available, pool: dspec.pool.max(available), ..dspec.clone() };
+                Some(evop::decision_windows(&setup.model, &setup.split.calibration, &fewer, args.seed, &exclude)?)
+            }
+            Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { .. })) => None,
+            other => Some(other?),
+        };
+        s.finish_and_clear();
+        let Some(fresh) = fresh else {
+            eprintln!("warning: the calibration pool has no window left that no search read: no decision stage (the GA's choice stands); use a larger corpus");
+            detail["decision"] = serde_json::Value::Null;
+            detail["decision_skipped"] = serde_json::json!("no fresh window left in the calibration pool");
+            detail["portfolio_sleb"] = portfolio_sleb;
+            excluded_seconds += paused.elapsed().as_secs_f64();
+            return finish(args, setup, calib, method, n, start, excluded_seconds, report.removed.clone(), report.counts, detail, (seed_seconds, seed_removed, seed_windows, seed_method, seed_tokens));
+        };
+        if let Some(dir) = plots_dir {
+            fresh.save(&dir.join("decision-windows.json"))?;
+        }
+        let draw_seconds = paused.elapsed().as_secs_f64();
+        let mut candidates: Vec<evop::Candidate> =
+            report.finalists.iter().enumerate().map(|(i, (r, _))| evop::Candidate::new(format!("evop finalist {}", i + 1), r.clone())).collect();
+        if candidates.is_empty() {
+            candidates.push(evop::Candidate::new("evop", report.removed.clone()));
+        }
+        if let Some((label, r)) = &sleb_candidate {
+            candidates.push(evop::Candidate::new(label.clone(), r.clone()));
+        }
+        if !seed_removed.is_empty() {
+            candidates.push(evop::Candidate::new(format!("{seed_method} seed"), seed_removed.clone()));
+        }
+        for (name, r) in &also {
+            candidates.push(evop::Candidate::new(name.clone(), r.clone()));
+        }
+        let s = spinner(&format!("deciding among {} candidates on {} fresh tokens", candidates.len(), dspec.tokens()));
+        let d = evop::decide(&lm, &candidates, &fresh.token_windows(), dspec, args.batch_size)?;
+        s.finish_and_clear();
+        removed = d.removed.clone();
+        detail["decision"] = serde_json::to_value(&d)?;
+        detail["decision"]["windows_drawn_seconds"] = serde_json::json!(draw_seconds);
+        detail["decision"]["calibration_clusters"] = serde_json::json!(fresh.clusters);
+        detail["portfolio_sleb"] = portfolio_sleb;
+        // The draw is not search time.
+        excluded_seconds += draw_seconds;
+    }
+    finish(args, setup, calib, method, n, start, excluded_seconds, removed, report.counts, detail, (seed_seconds, seed_removed, seed_windows, seed_method, seed_tokens))
 }
 
 /// The seed's seconds, mask, windows, method and tokens.

@@ -219,17 +219,38 @@ fn distributed_evop(
     interrupt: Option<Arc<AtomicBool>>,
     plots_dir: Option<&std::path::Path>,
 ) -> Result<MethodRun> {
+    let mut checkpoint = checkpoint;
+    let mut interrupt = interrupt;
+    crate::experiment::run_evop(args, setup, calib, n, plots_dir, &mut |spec: evop::SearchSpec| {
+        distributed_search(world, job_sent, args, setup, calib, n, spec, checkpoint.take(), interrupt.take())
+    })
+}
+
+/// The search step of [`crate::experiment::run_evop`] over the ranks: broadcasts the job, serves
+/// the fitness batches through the queue, gathers the workers' forward counts into the report.
+#[allow(clippy::too_many_arguments)]
+fn distributed_search(
+    world: &SimpleCommunicator,
+    job_sent: &mut bool,
+    args: &ExperimentArgs,
+    setup: &Setup,
+    calib: &evop::data::CalibrationSet,
+    n: usize,
+    spec: evop::SearchSpec,
+    checkpoint: Option<(PathBuf, bool)>,
+    interrupt: Option<Arc<AtomicBool>>,
+) -> Result<(evop::PruneReport, serde_json::Value)> {
+    if *job_sent {
+        bail!("the distributed search runs once per job (its workers have been released)");
+    }
     let lm = setup.model.lm.clone();
     let l = lm.num_blocks();
     let windows = calib.token_windows();
     let start = Instant::now();
-    // Seed masks from cheap baselines, as `experiment::run_method` does (on rank 0 only).
-    let mut spec = args.search_spec()?;
     if spec.screening.is_some() {
         // `SearchJob::run`'s screened search (a second, shorter fitness) is not mirrored here yet.
         bail!("screening is not supported by the distributed search: pass --screen-windows 0 (and no --screen-tokens) under mpirun");
     }
-    spec.seed_with_baselines(&lm, &windows, n, &args.seed_with())?;
     let loss = args.loss_kind()?;
     let job = Job::Search { windows: windows.clone(), groups: calib.clusters.clone(), objective: args.objective, loss, batch_size: args.batch_size };
     bcast_json(world, Some(&job))?;
@@ -276,11 +297,7 @@ fn distributed_evop(
             candidates: counts.candidates + g[2],
         };
     }
-    let mask = CalibrationFitness::block_mask(&outcome.best);
     let report = search_job.report(outcome, local, counts, start.elapsed().as_secs_f64())?;
-    if let Some(dir) = plots_dir {
-        crate::plots::convergence(&dir.join(format!("convergence-n{n}")), &report.history)?;
-    }
     let s = &queue_stats;
     eprintln!(
         "evop: search over {} ranks: masks per rank {:?}, busy seconds per rank {:?}, {} messages / {} bytes out, {} / {} in",
@@ -292,8 +309,7 @@ fn distributed_evop(
         s.messages_received,
         s.bytes_received
     );
-    let mut detail = serde_json::to_value(&report)?;
-    detail["distributed"] = serde_json::json!({
+    let distributed = serde_json::json!({
         "ranks": workers + 1,
         "masks_by_rank": s.masks_by,
         "tasks_by_rank": s.tasks_by,
@@ -305,25 +321,7 @@ fn distributed_evop(
         "bytes_received": s.bytes_received,
         "job_bytes": serde_json::to_vec(&job)?.len(),
     });
-    let search_seconds = start.elapsed().as_secs_f64();
-    let calibration_nll = evop::model::perplexity::perplexity(lm.as_ref(), &windows, &mask, args.batch_size)?.mean_nll;
-    let removed = report.removed.clone();
-    Ok(MethodRun {
-        method: "evop".into(),
-        n,
-        removed,
-        search_seconds,
-        counts,
-        calibration_nll,
-        eval: None,
-        detail,
-        seed_seconds: 0.0,
-        seed_removed: Vec::new(),
-        seed_windows: 0,
-        seed_method: String::new(),
-        seed_tokens: 0,
-        healed: None,
-    })
+    Ok((report, distributed))
 }
 
 /// Any other command under a launcher with more than one rank is refused (it would run N times).
