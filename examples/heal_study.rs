@@ -6,7 +6,8 @@
 //!
 //! Configurations (comma-separated): `none`, or `linear` with `:key=value` overrides:
 //! `ridge=R`, `scale=mean|diag` (the ridge's scaling), `fit=N` (fit windows), `guard=N` (guard windows, 0 = no guard), `single=0|1`
-//! (patch single-block runs), `seqlen=S`; e.g. `linear`, `linear:ridge=1e-3:guard=0`.
+//! (patch single-block runs), `seqlen=S`, `share=S` (share of the windows drawn from `--heal-corpus`
+//! alone; default: pooled with the calibration pool); e.g. `linear`, `linear:ridge=1e-3:guard=0`.
 //!
 //! ```text
 //! cargo run --release --example heal_study -- --model smollm2-135m \
@@ -20,7 +21,7 @@ use evop::data::{read_wikipedia_leads, Corpus, SplitRule};
 use evop::heal::{Healer, LinearPatch};
 use evop::model::perplexity::{cut_windows, perplexity};
 use evop::model::{encode, load, BlockLm, BlockMask, LoadOptions, LoadedModel};
-use evop::{build_heal_data, HealDataSpec};
+use evop::{build_heal_data, build_heal_data_from_sources, HealDataSpec};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -90,6 +91,8 @@ struct Row {
     topics: BTreeMap<String, f64>,
     ood: BTreeMap<String, f64>,
     tune_ppl: Option<f64>,
+    /// With --tune and --heal-corpus: held-back paragraphs of the heal corpus.
+    tune_extra_ppl: Option<f64>,
     heal_seconds: f64,
     patched_runs: usize,
     runs: Vec<evop::heal::RunReport>,
@@ -109,7 +112,7 @@ fn parse_mask(s: &str, l: usize) -> Result<BlockMask> {
     Ok(BlockMask::from_removed(l, &removed)?)
 }
 
-fn parse_config(s: &str) -> Result<Option<(LinearPatch, HealDataSpec)>> {
+fn parse_config(s: &str) -> Result<Option<(LinearPatch, HealDataSpec, Option<f64>)>> {
     let mut parts = s.split(':');
     match parts.next() {
         Some("none") => return Ok(None),
@@ -118,6 +121,7 @@ fn parse_config(s: &str) -> Result<Option<(LinearPatch, HealDataSpec)>> {
     }
     let mut healer = LinearPatch::default();
     let mut spec = HealDataSpec::default();
+    let mut share = None;
     for kv in parts {
         let (k, v) = kv.split_once('=').with_context(|| format!("`{kv}` in `{s}` is not key=value"))?;
         match k {
@@ -133,11 +137,12 @@ fn parse_config(s: &str) -> Result<Option<(LinearPatch, HealDataSpec)>> {
             "guard" => spec.guard_windows = v.parse()?,
             "single" => healer.single_block_runs = v == "1",
             "seqlen" => spec.seqlen = v.parse()?,
+            "share" => share = Some(v.parse::<f64>()?),
             other => bail!("unknown key `{other}` in `{s}`"),
         }
     }
     healer.guard = spec.guard_windows > 0;
-    Ok(Some((healer, spec)))
+    Ok(Some((healer, spec, share)))
 }
 
 fn resolve_model(name: &str) -> Result<PathBuf> {
@@ -179,11 +184,21 @@ fn main() -> Result<()> {
         pool.documents = rest;
         tune_docs.documents = tune;
     }
+    let mut extra = Corpus { name: "heal-corpus".into(), documents: Vec::new() };
+    let mut tune_extra_docs = Corpus { name: "tune-extra".into(), documents: Vec::new() };
     if let Some(p) = &args.heal_corpus {
         let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
         let docs: Vec<&str> = text.split("\n\n").map(str::trim).filter(|d| !d.is_empty()).collect();
-        pool.documents.extend(Corpus::from_texts(p.display().to_string(), &docs).documents);
+        extra = Corpus::from_texts(p.display().to_string(), &docs);
+        if args.tune {
+            let (tune, rest): (Vec<_>, Vec<_>) = extra.documents.into_iter().partition(|d| d.meta.index % 9 == 4);
+            extra.documents = rest;
+            tune_extra_docs.documents = tune;
+        }
     }
+    // Pooled (the default): the calibration pool and the heal corpus drawn across together.
+    let mut pooled_docs = pool.clone();
+    pooled_docs.documents.extend(extra.documents.iter().cloned());
     let mut topics = BTreeMap::new();
     if !args.no_eval {
         for (topic, text) in split.evaluation_texts_by_topic() {
@@ -209,6 +224,13 @@ fn main() -> Result<()> {
     }
     let tune = if args.tune {
         let w = cut_windows(&encode(&tok, &tune_docs.joined_text())?, 256);
+        let step = (w.len() / args.tune_windows.max(1)).max(1);
+        Some(w.into_iter().step_by(step).take(args.tune_windows).collect::<Vec<_>>())
+    } else {
+        None
+    };
+    let tune_extra = if args.tune && !tune_extra_docs.documents.is_empty() {
+        let w = cut_windows(&encode(&tok, &tune_extra_docs.joined_text())?, 256);
         let step = (w.len() / args.tune_windows.max(1)).max(1);
         Some(w.into_iter().step_by(step).take(args.tune_windows).collect::<Vec<_>>())
     } else {
@@ -245,8 +267,11 @@ fn main() -> Result<()> {
                 }
                 let (lm, healing) = match &parsed {
                     None => (model.lm.clone(), None),
-                    Some((healer, spec)) => {
-                        let data = build_heal_data(&model, &pool, spec, seed)?;
+                    Some((healer, spec, share)) => {
+                        let data = match share {
+                            Some(x) if !extra.documents.is_empty() => build_heal_data_from_sources(&model, &[(&pool, 1.0 - x), (&extra, *x)], spec, seed)?,
+                            _ => build_heal_data(&model, &pooled_docs, spec, seed)?,
+                        };
                         let healing = healer.heal(&model, mask, &data)?;
                         (model.rebuilt_with(healing.replacements.clone())?, Some(healing))
                     }
@@ -255,6 +280,7 @@ fn main() -> Result<()> {
                 let (eval_ppl, eval_tokens, topic_ppl) = if topics.is_empty() { (f64::NAN, 0, BTreeMap::new()) } else { pooled(lm.as_ref(), &topics, mask, args.batch_size)? };
                 let (_, _, ood_ppl) = pooled(lm.as_ref(), &ood, mask, args.batch_size)?;
                 let tune_ppl = tune.as_ref().map(|w| perplexity(lm.as_ref(), w, mask, args.batch_size).map(|p| p.perplexity)).transpose()?;
+                let tune_extra_ppl = tune_extra.as_ref().map(|w| perplexity(lm.as_ref(), w, mask, args.batch_size).map(|p| p.perplexity)).transpose()?;
                 let row = Row {
                     model: args.model.clone(),
                     removed: removed.clone(),
@@ -265,6 +291,7 @@ fn main() -> Result<()> {
                     topics: topic_ppl,
                     ood: ood_ppl,
                     tune_ppl,
+                    tune_extra_ppl,
                     heal_seconds: healing.as_ref().map_or(0.0, |h| h.seconds),
                     patched_runs: healing.as_ref().map_or(0, |h| h.patched_runs()),
                     runs: healing.as_ref().map_or_else(Vec::new, |h| h.runs.clone()),
@@ -273,8 +300,8 @@ fn main() -> Result<()> {
                     dtype: args.dtype.clone(),
                 };
                 eprintln!(
-                    "{:?} {config} seed {seed}: eval {:.3} ood {:?} tune {:?} heal {:.1}s ({} patched; eval {:.0}s)",
-                    removed, eval_ppl, row.ood, tune_ppl, row.heal_seconds, row.patched_runs, t.elapsed().as_secs_f64()
+                    "{:?} {config} seed {seed}: eval {:.3} ood {:?} tune {:?} / {:?} heal {:.1}s ({} patched; eval {:.0}s)",
+                    removed, eval_ppl, row.ood, tune_ppl, tune_extra_ppl, row.heal_seconds, row.patched_runs, t.elapsed().as_secs_f64()
                 );
                 writeln!(out, "{}", serde_json::to_string(&row)?)?;
                 out.flush()?;

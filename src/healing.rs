@@ -80,6 +80,53 @@ pub fn build_heal_data(model: &LoadedModel, pool: &Corpus, spec: &HealDataSpec, 
     Ok(data)
 }
 
+/// Draws the healer's windows from several pools in fixed shares: each source gets its share of
+/// the fit windows and of the guard windows (largest remainder, shares normalised), drawn from it
+/// alone by [`build_heal_data`] (CCDS within the source), so that a small source (code beside
+/// Wikipedia, say) is not outvoted by a large one. Source `i` draws with seed `seed + i`.
+pub fn build_heal_data_from_sources(model: &LoadedModel, sources: &[(&Corpus, f64)], spec: &HealDataSpec, seed: u64) -> Result<HealData> {
+    if sources.is_empty() {
+        return Err(EvopError::config("sources", 0, "healing needs at least one source of text"));
+    }
+    if let Some((c, w)) = sources.iter().find(|(_, w)| !w.is_finite() || *w < 0.0) {
+        return Err(EvopError::config("share", w, format!("the share of `{}` must be a finite number >= 0", c.name)));
+    }
+    let weights: Vec<f64> = sources.iter().map(|(_, w)| *w).collect();
+    let fit = apportion(spec.fit_windows, &weights);
+    let guard = apportion(spec.guard_windows, &weights);
+    if fit.iter().sum::<usize>() == 0 {
+        return Err(EvopError::config("share", 0, "every source's share is 0"));
+    }
+    let mut data = HealData::default();
+    for (i, (corpus, _)) in sources.iter().enumerate() {
+        if fit[i] == 0 {
+            continue;
+        }
+        let part = HealDataSpec { fit_windows: fit[i], guard_windows: guard[i], ..spec.clone() };
+        let d = build_heal_data(model, corpus, &part, seed.wrapping_add(i as u64))?;
+        data.fit.extend(d.fit);
+        data.guard.extend(d.guard);
+    }
+    Ok(data)
+}
+
+/// `total` split in proportion to `weights` by largest remainder (ties to the earlier source).
+fn apportion(total: usize, weights: &[f64]) -> Vec<usize> {
+    let sum: f64 = weights.iter().sum();
+    if sum <= 0.0 {
+        return vec![0; weights.len()];
+    }
+    let exact: Vec<f64> = weights.iter().map(|w| total as f64 * w / sum).collect();
+    let mut parts: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
+    let left = total - parts.iter().sum::<usize>();
+    for &i in order.iter().take(left) {
+        parts[i] += 1;
+    }
+    parts
+}
+
 /// `n` indices taken one per group in turn (groups in order of first appearance, each group's
 /// members in order): the first `n` of the fitness's round-robin order.
 fn round_robin(labels: &[usize], n: usize) -> Vec<usize> {
@@ -97,5 +144,17 @@ mod tests {
         assert_eq!(round_robin(&labels, 5), vec![0, 3, 5, 1, 4]);
         assert_eq!(round_robin(&labels, 20).len(), labels.len());
         assert!(round_robin(&labels, 0).is_empty());
+    }
+
+    #[test]
+    fn shares_split_the_windows_by_largest_remainder() {
+        assert_eq!(apportion(64, &[0.5, 0.5]), vec![32, 32]);
+        assert_eq!(apportion(16, &[2.0, 1.0]), vec![11, 5]);
+        assert_eq!(apportion(5, &[1.0, 1.0, 1.0]), vec![2, 2, 1]);
+        assert_eq!(apportion(7, &[1.0, 0.0]), vec![7, 0]);
+        assert_eq!(apportion(3, &[0.0, 0.0]), vec![0, 0]);
+        for total in 0..40 {
+            assert_eq!(apportion(total, &[0.3, 0.2, 0.5]).iter().sum::<usize>(), total);
+        }
     }
 }

@@ -45,6 +45,11 @@ pub struct HealArgs {
     /// fitted on prose alone made code worse (docs/healing.md): calibrate on what the model serves.
     #[arg(long, value_name = "NAME|PATH|none", default_value = "code-python-calib")]
     pub heal_corpus: String,
+    /// Share of the healer's windows drawn from `--heal-corpus` alone (CCDS within it), the rest
+    /// from the calibration pool; without it both are pooled and drawn across by CCDS (each in
+    /// proportion to the clusters it forms).
+    #[arg(long, value_name = "0..1")]
+    pub heal_corpus_share: Option<f64>,
 }
 
 /// One answer after healing: the healer's report per removed run and the healed evaluation.
@@ -80,6 +85,14 @@ impl HealArgs {
             bail!("--heal-ridge {}: must be a positive number", self.heal_ridge);
         }
         self.scale()?;
+        if let Some(x) = self.heal_corpus_share {
+            if !(0.0..=1.0).contains(&x) {
+                bail!("--heal-corpus-share {x}: must be between 0 and 1");
+            }
+            if self.heal_corpus == "none" {
+                bail!("--heal-corpus-share {x} needs a --heal-corpus (it is `none`)");
+            }
+        }
         let c = self.heal_corpus.as_str();
         if c != "none" && !evop::assets::is_text_name(c) && !std::path::Path::new(c).exists() {
             bail!(
@@ -121,12 +134,10 @@ impl HealArgs {
 
     /// The healer's windows from the calibration pool (and `--heal-corpus`).
     pub fn data(&self, model: &LoadedModel, pool: &Corpus, seed: u64) -> Result<evop::heal::HealData> {
-        let mut pool = pool.clone();
-        if let Some(path) = self.heal_corpus_path()? {
-            let extra = crate::experiment::read_corpus(&path).with_context(|| format!("reading --heal-corpus {}", path.display()))?;
-            pool.name = format!("{}+{}", pool.name, extra.name);
-            pool.documents.extend(extra.documents);
-        }
+        let extra = match self.heal_corpus_path()? {
+            Some(path) => Some(crate::experiment::read_corpus(&path).with_context(|| format!("reading --heal-corpus {}", path.display()))?),
+            None => None,
+        };
         let spec = evop::HealDataSpec {
             fit_windows: self.heal_windows,
             guard_windows: self.heal_guard_windows,
@@ -134,7 +145,17 @@ impl HealArgs {
             ..Default::default()
         };
         let s = crate::progress::spinner("drawing the healing windows");
-        let data = evop::build_heal_data(model, &pool, &spec, seed).context("drawing the healing windows")?;
+        let data = match (extra, self.heal_corpus_share) {
+            (Some(extra), Some(share)) => evop::build_heal_data_from_sources(model, &[(pool, 1.0 - share), (&extra, share)], &spec, seed),
+            (Some(extra), None) => {
+                let mut pooled = pool.clone();
+                pooled.name = format!("{}+{}", pool.name, extra.name);
+                pooled.documents.extend(extra.documents);
+                evop::build_heal_data(model, &pooled, &spec, seed)
+            }
+            (None, _) => evop::build_heal_data(model, pool, &spec, seed),
+        }
+        .context("drawing the healing windows")?;
         s.finish_and_clear();
         Ok(data)
     }
