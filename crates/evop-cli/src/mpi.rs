@@ -200,29 +200,13 @@ pub fn run_method(
     if !distributed {
         return crate::experiment::run_method(args, setup, calib, method, n, checkpoint, interrupt, plots_dir);
     }
+    let (mut checkpoint, mut interrupt) = (checkpoint, interrupt);
     ROOT_STATE.with(|s| {
         let mut s = s.borrow_mut();
         let state = s.as_mut().expect("root state is set");
-        distributed_evop(&state.world, &mut state.job_sent, args, setup, calib, n, checkpoint, interrupt, plots_dir)
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn distributed_evop(
-    world: &SimpleCommunicator,
-    job_sent: &mut bool,
-    args: &ExperimentArgs,
-    setup: &Setup,
-    calib: &evop::data::CalibrationSet,
-    n: usize,
-    checkpoint: Option<(PathBuf, bool)>,
-    interrupt: Option<Arc<AtomicBool>>,
-    plots_dir: Option<&std::path::Path>,
-) -> Result<MethodRun> {
-    let mut checkpoint = checkpoint;
-    let mut interrupt = interrupt;
-    crate::experiment::run_evop(args, setup, calib, n, plots_dir, &mut |spec: evop::SearchSpec| {
-        distributed_search(world, job_sent, args, setup, calib, n, spec, checkpoint.take(), interrupt.take())
+        crate::experiment::run_evop(args, setup, calib, n, plots_dir, &mut |spec: evop::SearchSpec| {
+            distributed_search(&state.world, &mut state.job_sent, args, setup, calib, n, spec, checkpoint.take(), interrupt.take())
+        })
     })
 }
 
