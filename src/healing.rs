@@ -103,9 +103,19 @@ pub fn build_heal_data_from_sources(model: &LoadedModel, sources: &[(&Corpus, f6
             continue;
         }
         let part = HealDataSpec { fit_windows: fit[i], guard_windows: guard[i], ..spec.clone() };
-        let d = build_heal_data(model, corpus, &part, seed.wrapping_add(i as u64))?;
+        let d = match build_heal_data(model, corpus, &part, seed.wrapping_add(i as u64)) {
+            // A source too small for even two windows is left out (the others still heal).
+            Err(EvopError::Data(evop_data::DataError::NotEnoughWindows { available, .. })) if available < 2 && sources.len() > 1 => {
+                tracing::warn!(source = %corpus.name, available, "a healing source holds fewer than 2 windows: left out");
+                continue;
+            }
+            other => other?,
+        };
         data.fit.extend(d.fit);
         data.guard.extend(d.guard);
+    }
+    if data.fit.is_empty() {
+        return Err(EvopError::config("sources", sources.len(), "no healing source holds 2 windows of the asked length"));
     }
     Ok(data)
 }

@@ -39,17 +39,18 @@ pub struct HealArgs {
     /// Whether runs of a single removed block are patched too (`true` or `false`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub heal_single_runs: bool,
-    /// Extra text for the healer's pool, mixed with the calibration pool and drawn across both
-    /// by CCDS: a text asset name (default `code-python-calib`: Python sources of click and
-    /// flask, fetched from PyPI), a file, directory or JSONL like --corpus, or `none`. Patches
-    /// fitted on prose alone made code worse (docs/healing.md): calibrate on what the model serves.
+    /// Extra text for the healer's windows beside the calibration pool (see
+    /// --heal-corpus-share): a text asset name (default `code-python-calib`: Python sources of
+    /// click and flask, fetched from PyPI), a file, directory or JSONL like --corpus, or `none`.
+    /// Patches fitted on prose alone made code worse (docs/healing.md): calibrate on what the
+    /// model serves.
     #[arg(long, value_name = "NAME|PATH|none", default_value = "code-python-calib")]
     pub heal_corpus: String,
-    /// Share of the healer's windows drawn from `--heal-corpus` alone (CCDS within it), the rest
-    /// from the calibration pool; without it both are pooled and drawn across by CCDS (each in
-    /// proportion to the clusters it forms).
-    #[arg(long, value_name = "0..1")]
-    pub heal_corpus_share: Option<f64>,
+    /// Share of the healer's fit and guard windows drawn from `--heal-corpus` alone (CCDS within
+    /// it), the rest from the calibration pool (default 0.5, the measured choice), or `pooled`:
+    /// both pooled and drawn across by CCDS (each source in proportion to the clusters it forms).
+    #[arg(long, value_name = "0..1|pooled", default_value = "0.5")]
+    pub heal_corpus_share: String,
 }
 
 /// One answer after healing: the healer's report per removed run and the healed evaluation.
@@ -85,14 +86,7 @@ impl HealArgs {
             bail!("--heal-ridge {}: must be a positive number", self.heal_ridge);
         }
         self.scale()?;
-        if let Some(x) = self.heal_corpus_share {
-            if !(0.0..=1.0).contains(&x) {
-                bail!("--heal-corpus-share {x}: must be between 0 and 1");
-            }
-            if self.heal_corpus == "none" {
-                bail!("--heal-corpus-share {x} needs a --heal-corpus (it is `none`)");
-            }
-        }
+        self.corpus_share()?;
         let c = self.heal_corpus.as_str();
         if c != "none" && !evop::assets::is_text_name(c) && !std::path::Path::new(c).exists() {
             bail!(
@@ -101,6 +95,17 @@ impl HealArgs {
             );
         }
         Ok(())
+    }
+
+    /// `--heal-corpus-share` as a number, `None` for `pooled`.
+    fn corpus_share(&self) -> Result<Option<f64>> {
+        match self.heal_corpus_share.as_str() {
+            "pooled" => Ok(None),
+            s => match s.parse::<f64>() {
+                Ok(x) if (0.0..=1.0).contains(&x) => Ok(Some(x)),
+                _ => bail!("--heal-corpus-share {s}: expected a number between 0 and 1, or `pooled`"),
+            },
+        }
     }
 
     fn scale(&self) -> Result<evop::heal::RidgeScale> {
@@ -145,7 +150,7 @@ impl HealArgs {
             ..Default::default()
         };
         let s = crate::progress::spinner("drawing the healing windows");
-        let data = match (extra, self.heal_corpus_share) {
+        let data = match (extra, self.corpus_share()?) {
             (Some(extra), Some(share)) => evop::build_heal_data_from_sources(model, &[(pool, 1.0 - share), (&extra, share)], &spec, seed),
             (Some(extra), None) => {
                 let mut pooled = pool.clone();

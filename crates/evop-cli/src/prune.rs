@@ -277,7 +277,7 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
     if args.heal.enabled() {
         println!("Healing: {} on {} x {} CCDS tokens of the calibration pool{}, guard {} windows",
             args.heal.healer(args.exp.batch_size).name(), args.heal.heal_windows, args.heal.heal_seqlen,
-            if args.heal.heal_corpus == "none" { String::new() } else { format!(" and {}", args.heal.heal_corpus) }, args.heal.heal_guard_windows);
+            if args.heal.heal_corpus == "none" { String::new() } else { format!(" and {} (share {})", args.heal.heal_corpus, args.heal.heal_corpus_share) }, args.heal.heal_guard_windows);
     }
     println!();
     println!("| model | removed blocks | calib NLL | eval PPL | search s |");
@@ -326,7 +326,7 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         "decision": runs[0].detail.get("decision").cloned().unwrap_or(serde_json::Value::Null),
         "dense": dense,
         "heal": if args.heal.enabled() { serde_json::json!({ "healer": args.heal.healer(args.exp.batch_size).name(), "windows": args.heal.heal_windows,
-            "guard_windows": args.heal.heal_guard_windows, "seqlen": args.heal.heal_seqlen, "corpus": args.heal.heal_corpus }) } else { serde_json::Value::Null },
+            "guard_windows": args.heal.heal_guard_windows, "seqlen": args.heal.heal_seqlen, "corpus": args.heal.heal_corpus, "corpus_share": args.heal.heal_corpus_share }) } else { serde_json::Value::Null },
         "runs": runs,
     });
     let text = serde_json::to_string_pretty(&report)?;

@@ -147,6 +147,8 @@ fn settings_are_checked_before_anything_is_fetched_loaded_or_written() {
         (vec!["prune", "--model", nowhere, "--corpus", "/nonexistent/text.txt", "--out", o], vec!["--corpus /nonexistent/text.txt"]),
         (vec!["prune", "--model", nowhere, "--json", "/nonexistent/dir/report.json", "--out", o], vec!["--json /nonexistent/dir/report.json: the directory /nonexistent/dir does not exist"]),
         (vec!["compare", "--model", nowhere, "--remove", "3,0", "--out", o], vec!["--remove 0: must be at least 1"]),
+        (vec!["prune", "--model", nowhere, "--heal-corpus-share", "2", "--out", o], vec!["--heal-corpus-share 2: expected a number between 0 and 1, or `pooled`"]),
+        (vec!["heal", "--model", nowhere, "--skip", "3", "--heal-corpus-share", "half", "--out", o], vec!["--heal-corpus-share half"]),
         (vec!["eval", "--model", nowhere, "--seqlen", "1"], vec!["--seqlen 1: a window needs at least 2 tokens"]),
         (vec!["eval", "--model", nowhere, "--text", "/nonexistent/text.txt"], vec!["--text /nonexistent/text.txt"]),
         (vec!["eval", "--model", nowhere, "--json", "/nonexistent/dir/eval.json"], vec!["the directory /nonexistent/dir does not exist"]),
