@@ -7,6 +7,11 @@ of the log-perplexity gap it closes, (ln ppl_unhealed - ln ppl_healed) / (ln ppl
 the worst topic's change in percent (positive = worse), runs patched and heal seconds.
 
   python3 scripts/heal_table.py docs/results/heal-*.rows.jsonl [--configs none,linear]
+  python3 scripts/heal_table.py docs/results/heal-*.rows.jsonl --summary linear:share=0.5
+
+--summary CONFIG prints instead one row per model and mask for that configuration (seed 0, any heal
+corpus): the gap closed on the evaluation split and on each out-of-domain text, whether every topic
+and text improved, and the averages over each model's two smallest masks (the 20% and 30% cells).
 """
 import argparse
 import json
@@ -28,8 +33,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="+")
     ap.add_argument("--configs", default=None, help="only these configurations (comma-separated)")
+    ap.add_argument("--summary", default=None, help="one configuration's closed shares per model and mask, with averages")
     args = ap.parse_args()
     rows = [json.loads(l) for f in args.files for l in open(f) if l.strip()]
+    if args.summary:
+        return summary(rows, args.summary)
     keep = args.configs.split(",") if args.configs else None
     groups = OrderedDict()
     for r in rows:
@@ -72,6 +80,40 @@ def main():
                 cells.append(f"{r['patched_runs']}/{len(r['runs'])}" if r["runs"] else "-")
                 cells.append(fmt(r.get("heal_seconds"), 1) if healed else "-")
                 print("| " + " | ".join(cells) + " |")
+
+
+def summary(rows, config):
+    """Closed shares of `config` (seed 0) per model and mask; averages over each model's two smallest masks."""
+    models = OrderedDict()
+    for r in rows:
+        models.setdefault(r["model"], [])
+    oods = sorted({k for r in rows for k in r.get("ood", {})})
+    head = ["model", "removed", "eval split"] + oods + ["every topic and text better"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * 2 + "---:|" * (1 + len(oods)) + "---|")
+    eval_cells, ood_cells = [], []
+    for model in models:
+        dense = next((r for r in rows if r["model"] == model and not r["removed"]), None)
+        # Rows of the healer's default pool (with a heal corpus) where the model has them.
+        healed = [r for r in rows if r["model"] == model and r["config"] == config and r["seed"] == 0 and r["removed"]]
+        if any(r.get("heal_corpus") for r in healed):
+            healed = [r for r in healed if r.get("heal_corpus")]
+        healed.sort(key=lambda r: len(r["removed"]))
+        for rank, r in enumerate(healed):
+            base = next((b for b in rows if b["model"] == model and b["removed"] == r["removed"] and b["config"] == "none"), None)
+            if base is None or dense is None:
+                continue
+            e = closed(dense.get("eval_ppl"), base.get("eval_ppl"), r.get("eval_ppl"))
+            o = [closed(dense["ood"].get(k), base["ood"].get(k), r["ood"].get(k)) for k in oods]
+            better = all(r["topics"][t] < base["topics"][t] for t in r.get("topics", {}) if t in base.get("topics", {}))
+            better = better and all(r["ood"][k] < base["ood"][k] for k in oods if k in r["ood"] and k in base["ood"])
+            if rank < 2:
+                eval_cells.append(e)
+                ood_cells.extend(x for x in o if x is not None)
+            print(f"| {model} | {compact(r['removed'])} | {pct(e)} | " + " | ".join(pct(x) for x in o) + f" | {'yes' if better else 'NO'} |")
+    if eval_cells:
+        print(f"\n{config}: mean over the two smallest masks of each model: evaluation split {pct(sum(eval_cells) / len(eval_cells))} "
+              f"({len(eval_cells)} cells), out of domain {pct(sum(ood_cells) / len(ood_cells))} ({len(ood_cells)} cells)")
 
 
 def pct(x):
