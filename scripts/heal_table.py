@@ -108,12 +108,14 @@ def summary(rows, config):
             better = all(r["topics"][t] < base["topics"][t] for t in r.get("topics", {}) if t in base.get("topics", {}))
             better = better and all(r["ood"][k] < base["ood"][k] for k in oods if k in r["ood"] and k in base["ood"])
             if rank < 2:
-                eval_cells.append(e)
+                if e is not None:
+                    eval_cells.append(e)
                 ood_cells.extend(x for x in o if x is not None)
             print(f"| {model} | {compact(r['removed'])} | {pct(e)} | " + " | ".join(pct(x) for x in o) + f" | {'yes' if better else 'NO'} |")
-    if eval_cells:
-        print(f"\n{config}: mean over the two smallest masks of each model: evaluation split {pct(sum(eval_cells) / len(eval_cells))} "
-              f"({len(eval_cells)} cells), out of domain {pct(sum(ood_cells) / len(ood_cells))} ({len(ood_cells)} cells)")
+    if eval_cells or ood_cells:
+        mean = lambda xs: pct(sum(xs) / len(xs)) if xs else "-"
+        print(f"\n{config}: mean over the two smallest masks of each model: evaluation split {mean(eval_cells)} "
+              f"({len(eval_cells)} cells), out of domain {mean(ood_cells)} ({len(ood_cells)} cells)")
 
 
 def pct(x):
