@@ -21,7 +21,7 @@ use evop::data::{read_wikipedia_leads, Corpus, SplitRule};
 use evop::heal::{Healer, LinearPatch};
 use evop::model::perplexity::{cut_windows, perplexity};
 use evop::model::{encode, load, BlockLm, BlockMask, LoadOptions, LoadedModel};
-use evop::{build_heal_data, build_heal_data_from_sources, HealDataSpec};
+use evop::{build_heal_data_with, HealDataSpec};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -196,9 +196,7 @@ fn main() -> Result<()> {
             tune_extra_docs.documents = tune;
         }
     }
-    // Pooled (the default): the calibration pool and the heal corpus drawn across together.
-    let mut pooled_docs = pool.clone();
-    pooled_docs.documents.extend(extra.documents.iter().cloned());
+    let extra = (!extra.documents.is_empty()).then_some(extra);
     let mut topics = BTreeMap::new();
     if !args.no_eval {
         for (topic, text) in split.evaluation_texts_by_topic() {
@@ -268,10 +266,7 @@ fn main() -> Result<()> {
                 let (lm, healing) = match &parsed {
                     None => (model.lm.clone(), None),
                     Some((healer, spec, share)) => {
-                        let data = match share {
-                            Some(x) if !extra.documents.is_empty() => build_heal_data_from_sources(&model, &[(&pool, 1.0 - x), (&extra, *x)], spec, seed)?,
-                            _ => build_heal_data(&model, &pooled_docs, spec, seed)?,
-                        };
+                        let data = build_heal_data_with(&model, &pool, extra.as_ref(), *share, spec, seed)?;
                         let healing = healer.heal(&model, mask, &data)?;
                         (model.rebuilt_with(healing.replacements.clone())?, Some(healing))
                     }

@@ -120,6 +120,22 @@ pub fn build_heal_data_from_sources(model: &LoadedModel, sources: &[(&Corpus, f6
     Ok(data)
 }
 
+/// The healer's windows from the calibration pool and an optional extra corpus (code for a code
+/// model): `share` of them from `extra` alone ([`build_heal_data_from_sources`]), or, with no
+/// share, both pooled into one corpus that CCDS draws across ([`build_heal_data`]).
+pub fn build_heal_data_with(model: &LoadedModel, pool: &Corpus, extra: Option<&Corpus>, share: Option<f64>, spec: &HealDataSpec, seed: u64) -> Result<HealData> {
+    match (extra, share) {
+        (Some(extra), Some(share)) => build_heal_data_from_sources(model, &[(pool, 1.0 - share), (extra, share)], spec, seed),
+        (Some(extra), None) => {
+            let mut pooled = pool.clone();
+            pooled.name = format!("{}+{}", pool.name, extra.name);
+            pooled.documents.extend(extra.documents.iter().cloned());
+            build_heal_data(model, &pooled, spec, seed)
+        }
+        (None, _) => build_heal_data(model, pool, spec, seed),
+    }
+}
+
 /// `total` split in proportion to `weights` by largest remainder (ties to the earlier source).
 fn apportion(total: usize, weights: &[f64]) -> Vec<usize> {
     let sum: f64 = weights.iter().sum();

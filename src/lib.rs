@@ -28,7 +28,7 @@ pub mod pruner;
 pub use error::{EvopError, Result};
 pub use evaluation::{evaluate, EvalReport, EvalSet};
 pub use fitness::CalibrationFitness;
-pub use healing::{build_heal_data, build_heal_data_from_sources, HealDataSpec};
+pub use healing::{build_heal_data, build_heal_data_from_sources, build_heal_data_with, HealDataSpec};
 pub use objective::Objective;
 pub use pipeline::{
     build_calibration, build_calibration_excluding, CalibrationSpec, EmbedderKind, GaOperators, Pipeline, PruneReport, SamplerKind, Screening, SearchJob, SearchSpec, StrategyKind,

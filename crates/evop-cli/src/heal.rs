@@ -150,16 +150,7 @@ impl HealArgs {
             ..Default::default()
         };
         let s = crate::progress::spinner("drawing the healing windows");
-        let data = match (extra, self.corpus_share()?) {
-            (Some(extra), Some(share)) => evop::build_heal_data_from_sources(model, &[(pool, 1.0 - share), (&extra, share)], &spec, seed),
-            (Some(extra), None) => {
-                let mut pooled = pool.clone();
-                pooled.name = format!("{}+{}", pool.name, extra.name);
-                pooled.documents.extend(extra.documents);
-                evop::build_heal_data(model, &pooled, &spec, seed)
-            }
-            (None, _) => evop::build_heal_data(model, pool, &spec, seed),
-        }
+        let data = evop::build_heal_data_with(model, pool, extra.as_ref(), self.corpus_share()?, &spec, seed)
         .context("drawing the healing windows")?;
         s.finish_and_clear();
         Ok(data)
