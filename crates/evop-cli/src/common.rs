@@ -75,10 +75,18 @@ pub fn resolve_model_path(model: Option<&Path>) -> Result<PathBuf> {
         Some(name) => match crate::hub::parse(name) {
             Some(id) => crate::hub::resolve(&id)
                 .with_context(|| format!("`{name}` is not a local file or directory; fetching it from the Hugging Face hub")),
-            None => Ok(path.to_path_buf()),
+            None => bail_missing(path),
         },
-        None => Ok(path.to_path_buf()),
+        None => bail_missing(path),
     }
+}
+
+/// A `--model` that is neither a file, a directory, a model name nor a Hugging Face id.
+fn bail_missing(path: &Path) -> Result<PathBuf> {
+    anyhow::bail!(
+        "--model {}: no such file or directory (nor a model name that `evop assets fetch` knows, nor a Hugging Face id `org/name`)",
+        path.display()
+    )
 }
 
 /// Parses `--skip 3,17,18` into a mask for a model of `num_blocks` blocks.
