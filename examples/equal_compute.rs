@@ -28,7 +28,11 @@
 //!   mean NLL on D CCDS windows of the calibration pool drawn under a distinct seed without any
 //!   window the searches read (their draw, like the CCDS set's, is made beforehand and reported in
 //!   `calibration_seconds`). The row `sleb@portfolio` is SLEB given the portfolio's seconds on the
-//!   same random draw (windows sized from the seconds SLEB took inside the portfolio). Untimed,
+//!   same random draw (windows sized from the seconds SLEB took inside the portfolio). `R/S/K`
+//!   in R's place races the portfolio's SLEB (`evop::baselines::Race`: every candidate of a step
+//!   on the first S windows, the best K on all R); SLEB at equal time stays unraced, its window
+//!   count then guessed from racing's share of the candidate-windows and redone once if its
+//!   seconds miss the portfolio's by more than 15%. Untimed,
 //!   for choosing the decision's token count on data that is not the evaluation split: every
 //!   candidate's NLL on `--decision-study-windows` decision windows and on `--validation-windows`
 //!   random windows of 512 tokens of the calibration pool (rows: `candidates`).
@@ -43,7 +47,7 @@
 //! Rows go to `STEM.rows.jsonl` as they come (one per method, n and seed).
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use evop::baselines::pruner_by_name;
+use evop::baselines::{pruner_by_name, Pruner, Race, Sleb};
 use evop::data::{read_wikipedia_leads, CalibrationSet, SplitRule};
 use evop::model::{load, BlockLm, BlockMask, EvaluatorOptions, LoadOptions, LoadedModel, LossKind};
 use evop::search::{GenerationReport, Observer, StopReason};
@@ -137,7 +141,7 @@ enum EvopConfig {
     MultiFidelity { loss: LossKind, screen: usize, windows: usize, finalists: usize, shape: GaShape },
     /// The decision stage over the multi-fidelity search `mf`, SLEB on `sleb_windows` random
     /// windows and the greedy seed, on `decision` fresh CCDS windows.
-    Portfolio { sleb_windows: usize, decision: usize, mf: Box<EvopConfig> },
+    Portfolio { sleb_windows: usize, race: Option<Race>, decision: usize, mf: Box<EvopConfig> },
 }
 
 /// The GA's population and stall rule (up to 30 generations), and the baseline that seeds it.
@@ -228,13 +232,18 @@ impl EvopConfig {
         if let Some(rest) = s.strip_prefix("portfolio:") {
             let bad = || anyhow::anyhow!("--evop {s}: expected portfolio:R:D:mf:...");
             let mut it = rest.splitn(3, ':');
-            let r: usize = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+            // R, or R/S/K: SLEB on R windows raced (every candidate on S, the best K on the rest).
+            let (r, race) = match it.next().map(|v| v.split('/').map(|p| p.parse::<usize>().ok()).collect::<Option<Vec<_>>>()) {
+                Some(Some(v)) if v.len() == 1 => (v[0], None),
+                Some(Some(v)) if v.len() == 3 && v[1] >= 1 && v[1] < v[0] && v[2] >= 1 => (v[0], Some(Race { screen_windows: v[1], keep: v[2] })),
+                _ => return Err(bad()),
+            };
             let d: usize = it.next().and_then(|v| v.parse().ok()).filter(|d| *d >= 1).ok_or_else(bad)?;
             let mf = Self::parse(it.next().ok_or_else(bad)?)?;
             if !matches!(mf, Self::MultiFidelity { .. }) {
                 return Err(bad());
             }
-            return Ok(Self::Portfolio { sleb_windows: r, decision: d, mf: Box::new(mf) });
+            return Ok(Self::Portfolio { sleb_windows: r, race, decision: d, mf: Box::new(mf) });
         }
         let parts: Vec<&str> = s.split(':').collect();
         let bad = || anyhow::anyhow!("--evop {s}: expected paper, ga:LOSS:W, mf:S/W/F or mf:LOSS:S/W/F[:pP][:sT]");
@@ -282,8 +291,9 @@ impl EvopConfig {
             Self::MultiFidelity { loss, screen, windows, finalists, shape } => {
                 format!("evop-mf:{}:{screen}/{windows}/{finalists}{}", loss_name(*loss), shape.suffix())
             }
-            Self::Portfolio { sleb_windows, decision, mf } => {
-                format!("portfolio:{sleb_windows}:{decision}:{}", mf.name().trim_start_matches("evop-"))
+            Self::Portfolio { sleb_windows, race, decision, mf } => {
+                let r = race.map_or(sleb_windows.to_string(), |r| format!("{sleb_windows}/{}/{}", r.screen_windows, r.keep));
+                format!("portfolio:{r}:{decision}:{}", mf.name().trim_start_matches("evop-"))
             }
         }
     }
@@ -371,6 +381,19 @@ fn ccds_set(args: &Args, model: &LoadedModel, pool: &evop::data::Corpus, windows
 fn sleb(lm: &Arc<dyn BlockLm>, windows: &[Vec<u32>], n: usize) -> Result<(Vec<usize>, u64)> {
     let r = pruner_by_name("sleb")?.prune(lm, windows, n)?;
     Ok((r.removed(), r.counts.block_forwards))
+}
+
+/// SLEB, raced when `race` is set (`Sleb::race`).
+fn sleb_raced(lm: &Arc<dyn BlockLm>, windows: &[Vec<u32>], n: usize, race: Option<Race>) -> Result<(Vec<usize>, u64)> {
+    let r = Sleb { race, ..Sleb::default() }.prune(lm, windows, n)?;
+    Ok((r.removed(), r.counts.block_forwards))
+}
+
+/// Raced SLEB's candidate-windows as a share of SLEB's on the same `w` windows (blocks `l`,
+/// `n` steps, the first and last alive block never candidates).
+fn raced_share(l: usize, n: usize, w: usize, race: Race) -> f64 {
+    let steps: Vec<usize> = (0..n).map(|k| l.saturating_sub(k + 2)).collect();
+    race.candidate_windows(&steps, w) / (steps.iter().sum::<usize>() * w) as f64
 }
 
 fn main() -> Result<()> {
@@ -516,7 +539,7 @@ fn main() -> Result<()> {
                 emit(Row { removed, eval_ppl, worst_topic_ppl: worst, seconds, block_forwards, ..base(n, seed, "sleb".into(), w.len() * args.seqlen) })?;
             }
             for (ci, (config, (calib, calib_seconds))) in configs.iter().zip(&ccds).enumerate() {
-                if let EvopConfig::Portfolio { sleb_windows, decision, mf } = config {
+                if let EvopConfig::Portfolio { sleb_windows, race, decision, mf } = config {
                     let EvopConfig::MultiFidelity { loss, screen, finalists, shape, .. } = mf.as_ref() else { unreachable!("checked when parsed") };
                     let (dset, dseconds) = decision_sets[ci].as_ref().expect("drawn for every portfolio");
                     let windows = calib.token_windows();
@@ -530,7 +553,7 @@ fn main() -> Result<()> {
                     let mut seeds: Vec<Vec<usize>> = seeder.iter().map(|s| s.removed()).collect();
                     let t_sleb = Instant::now();
                     let sleb_answer = if *sleb_windows > 0 {
-                        let (r, f) = sleb(&lm, &random[..*sleb_windows], n)?;
+                        let (r, f) = sleb_raced(&lm, &random[..*sleb_windows], n, *race)?;
                         forwards += f;
                         if !seeds.contains(&r) {
                             seeds.push(r.clone());
@@ -621,11 +644,24 @@ fn main() -> Result<()> {
                     })?;
                     // SLEB given the portfolio's seconds, on the same random draw.
                     if *sleb_windows > 0 {
-                        let per_window = sleb_seconds / *sleb_windows as f64;
-                        let w = ((seconds / per_window).round() as usize).clamp(1, random.len());
-                        let t = Instant::now();
-                        let (removed, block_forwards) = sleb(&lm, &random[..w], n)?;
-                        let s = t.elapsed().as_secs_f64();
+                        // SLEB's seconds per window: from its run inside the portfolio, or, when
+                        // that run was raced, from racing's share of SLEB's candidate-windows; a
+                        // first guess off by more than 15% of the portfolio's seconds is redone once
+                        // at the window count its own pace gives.
+                        let per_window = sleb_seconds / *sleb_windows as f64 / race.map_or(1.0, |r| raced_share(l, n, *sleb_windows, r));
+                        let mut w = ((seconds / per_window).round() as usize).clamp(1, random.len());
+                        let (mut removed, mut block_forwards, mut s);
+                        loop {
+                            let t = Instant::now();
+                            (removed, block_forwards) = sleb(&lm, &random[..w], n)?;
+                            s = t.elapsed().as_secs_f64();
+                            let again = ((seconds / (s / w as f64)).round() as usize).clamp(1, random.len());
+                            if race.is_none() || (s - seconds).abs() <= 0.15 * seconds || again == w {
+                                break;
+                            }
+                            eprintln!("  sleb@time: {w} windows took {s:.1}s against the portfolio's {seconds:.1}s: again on {again}");
+                            w = again;
+                        }
                         let (eval_ppl, worst) = score(&removed)?;
                         emit(Row { removed, eval_ppl, worst_topic_ppl: worst, seconds: s, block_forwards, ..base(n, seed, format!("sleb@{name}"), w * args.seqlen) })?;
                     }

@@ -3,6 +3,10 @@
 # check on text that nothing in evop calibrated, tuned or chose a setting on (docs/healing.md):
 #   code-stdlib.txt    CPython 3.11's argparse, dataclasses, shutil, configparser, textwrap (Python code)
 #   prose-licenses.txt GPL-3, Apache-2.0, MPL-2.0, GFDL-1.3 from /usr/share/common-licenses (legal prose)
+# and a second set, built and sealed on 2026-12-07 before any healer ran on it (docs/healing.md):
+#   code-rust.txt      regex-syntax 0.8.12's HIR modules from the cargo registry (Rust code)
+#   prose-pyref.txt    CPython 3.11's pydoc topics: the language reference's English text
+#   prose-gitnotes.txt git's release notes for 2.30.0 .. 2.39.0 from /usr/share/doc/git (technical prose)
 # Usage: scripts/fresh_ood_texts.sh OUT_DIR    (prints each file's size and sha256)
 set -euo pipefail
 out=${1:?usage: scripts/fresh_ood_texts.sh OUT_DIR}
@@ -17,5 +21,16 @@ for f in GPL-3 Apache-2.0 MPL-2.0 GFDL-1.3; do
   [ -f "$lic/$f" ] || { echo "missing $lic/$f (Debian's base-files)" >&2; exit 1; }
   cat "$lic/$f"; printf '\n\n'
 done > "$out/prose-licenses.txt.tmp" && mv "$out/prose-licenses.txt.tmp" "$out/prose-licenses.txt"
-wc -c "$out/code-stdlib.txt" "$out/prose-licenses.txt"
-sha256sum "$out/code-stdlib.txt" "$out/prose-licenses.txt"
+rx=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/regex-syntax-0.8.12 2>/dev/null | head -1)
+[ -n "$rx" ] || { echo "missing regex-syntax-0.8.12 in the cargo registry (cargo fetch in this workspace brings it)" >&2; exit 1; }
+for f in "$rx"/src/hir/*.rs; do cat "$f"; printf '\n\n'; done > "$out/code-rust.txt.tmp" && mv "$out/code-rust.txt.tmp" "$out/code-rust.txt"
+python3.11 -c 'from pydoc_data.topics import topics
+print("\n\n".join(topics[k].strip() for k in sorted(topics)))' > "$out/prose-pyref.txt.tmp" && mv "$out/prose-pyref.txt.tmp" "$out/prose-pyref.txt"
+rn=/usr/share/doc/git/RelNotes
+for v in 30 31 32 33 34 35 36 37 38 39; do
+  f=$(ls "$rn/2.$v.0.txt"* 2>/dev/null | head -1)
+  [ -n "$f" ] || { echo "missing $rn/2.$v.0.txt (Debian's git package)" >&2; exit 1; }
+  zcat -f "$f"; printf '\n\n'
+done > "$out/prose-gitnotes.txt.tmp" && mv "$out/prose-gitnotes.txt.tmp" "$out/prose-gitnotes.txt"
+set -- code-stdlib.txt prose-licenses.txt code-rust.txt prose-pyref.txt prose-gitnotes.txt
+(cd "$out" && wc -c "$@" && sha256sum "$@")

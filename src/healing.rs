@@ -55,17 +55,15 @@ pub fn build_heal_data(model: &LoadedModel, pool: &Corpus, spec: &HealDataSpec, 
         build_calibration(model, pool, &CalibrationSpec { windows: total, seqlen, sampler }, seed ^ HEAL_SEED)
     };
     let mut guard_windows = spec.guard_windows;
-    let calib = match draw(spec.fit_windows + spec.guard_windows) {
+    let asked = spec.fit_windows + spec.guard_windows;
+    let (calib, drawn) = crate::windows::draw_at_most(asked, 2, draw)?;
+    if drawn < asked {
         // A small pool: every window it holds, a fifth of them (at least one) for the guard.
-        Err(EvopError::Data(evop_data::DataError::NotEnoughWindows { available, .. })) if available >= 2 => {
-            if guard_windows > 0 {
-                guard_windows = (available / 5).clamp(1, guard_windows);
-            }
-            tracing::warn!(available, guard_windows, "the healing pool holds fewer windows than asked for: using all of them");
-            draw(available)?
+        if guard_windows > 0 {
+            guard_windows = (drawn / 5).clamp(1, guard_windows);
         }
-        other => other?,
-    };
+        tracing::warn!(available = drawn, guard_windows, "the healing pool holds fewer windows than asked for: using all of them");
+    }
     let labels = calib.group_labels();
     let guard_idx = round_robin(&labels, guard_windows);
     let mut data = HealData::default();

@@ -24,6 +24,7 @@ pub mod healing;
 pub mod objective;
 pub mod pipeline;
 pub mod pruner;
+pub mod windows;
 
 pub use error::{EvopError, Result};
 pub use evaluation::{evaluate, EvalReport, EvalSet};
@@ -34,4 +35,5 @@ pub use pipeline::{
     build_calibration, build_calibration_excluding, CalibrationSpec, EmbedderKind, GaOperators, Pipeline, PruneReport, SamplerKind, Screening, SearchJob, SearchSpec, StrategyKind,
 };
 pub use pruner::EvopPruner;
+pub use windows::draw_at_most;
 pub use decision::{decide, decision_windows, Candidate, Decision, DecisionSpec, ScoredCandidate};

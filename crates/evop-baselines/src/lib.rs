@@ -48,7 +48,7 @@ pub use last_n::LastN;
 pub use oneshot::{OneShotPpl, OneShotTrace};
 pub use random::{RandomBlocks, RandomTrace};
 pub use shortgpt::{ShortGpt, ShortGptTrace};
-pub use sleb::{Sleb, SlebStep, SlebTrace};
+pub use sleb::{Race, Sleb, SlebStep, SlebTrace};
 
 use evop_model::{BlockLm, BlockMask, ForwardCounts};
 use serde::{Deserialize, Serialize};

@@ -206,3 +206,70 @@ proptest! {
         }
     }
 }
+
+fn tiny32() -> Arc<dyn BlockLm> {
+    evop_model::io::synthetic::load_synthetic("tiny-32", 3, &LoadOptions::default()).unwrap().lm
+}
+
+#[test]
+fn raced_sleb_keeping_every_candidate_is_sleb() {
+    let lm = tiny32();
+    let w = windows(4, 6, 16);
+    let plain = Sleb::default().prune(&lm, &w, 5).unwrap();
+    let raced = Sleb { race: Some(Race { screen_windows: 2, keep: 64 }), ..Default::default() }.prune(&lm, &w, 5).unwrap();
+    assert_eq!(raced.mask, plain.mask);
+    let (Trace::Sleb(a), Trace::Sleb(b)) = (&plain.trace, &raced.trace) else { panic!("sleb traces") };
+    assert_eq!(a.removal_order, b.removal_order);
+    for (sa, sb) in a.steps.iter().zip(&b.steps) {
+        assert!(sb.screened_out.is_empty());
+        for (ca, cb) in sa.candidates.iter().zip(&sb.candidates) {
+            assert_eq!(ca.block, cb.block);
+            assert!((ca.loss - cb.loss).abs() < 1e-9 * ca.loss.abs().max(1.0), "{} vs {}", ca.loss, cb.loss);
+        }
+    }
+    assert_eq!(b.race, Some(Race { screen_windows: 2, keep: 64 }));
+}
+
+#[test]
+fn raced_sleb_removes_the_lowest_full_loss_among_the_screened_in() {
+    let lm = tiny32();
+    let w = windows(5, 6, 16);
+    let race = Race { screen_windows: 2, keep: 3 };
+    let r = Sleb { race: Some(race), ..Default::default() }.prune(&lm, &w, 4).unwrap();
+    assert_eq!(r.mask.num_removed(), 4);
+    let Trace::Sleb(t) = &r.trace else { panic!("a sleb trace") };
+    let mut mask = BlockMask::dense(32);
+    for step in &t.steps {
+        assert_eq!(step.candidates.len(), 3);
+        assert_eq!(step.candidates.len() + step.screened_out.len(), 32 - 2 - step.removed_before.len());
+        // Each kept candidate's loss is its loss over every window; the screen's order decided who
+        // went on: every screened-out candidate scored no lower on the screen windows than any kept one.
+        let screen_loss = |block: usize| loss(&lm, &w[..2], &mask.with_removed(block).unwrap());
+        for c in &step.candidates {
+            let full = loss(&lm, &w, &mask.with_removed(c.block).unwrap());
+            assert!((c.loss - full).abs() < 1e-4 * full, "block {}: {} vs {full}", c.block, c.loss);
+        }
+        let worst_kept = step.candidates.iter().map(|c| screen_loss(c.block)).fold(f64::MIN, f64::max);
+        for c in &step.screened_out {
+            assert!(c.loss >= worst_kept - 1e-4 * worst_kept.abs(), "block {} screened out at {} below {worst_kept}", c.block, c.loss);
+        }
+        let best = step.candidates.iter().min_by(|a, b| a.loss.total_cmp(&b.loss)).unwrap();
+        assert_eq!(step.removed, best.block);
+        mask = mask.with_removed(step.removed).unwrap();
+    }
+    assert_eq!(mask, r.mask);
+    let zero = Sleb { race: Some(Race { screen_windows: 0, keep: 3 }), ..Default::default() };
+    assert!(matches!(zero.prune(&lm, &w, 1), Err(BaselineError::InvalidSetting { .. })));
+}
+
+#[test]
+fn race_settings_parse_and_count() {
+    assert_eq!(Race::parse("none").unwrap(), None);
+    assert_eq!(Race::parse("4/6").unwrap(), Some(Race { screen_windows: 4, keep: 6 }));
+    for bad in ["0/6", "4/0", "4", "a/b", "4/6/8", ""] {
+        assert!(Race::parse(bad).unwrap_err().contains(bad), "{bad}");
+    }
+    let r = Race { screen_windows: 2, keep: 3 };
+    // Steps of 5 and 2 candidates on 10 windows: 5*2 + 3*8, then 2*2 + 2*8.
+    assert_eq!(r.candidate_windows(&[5, 2], 10), 34.0 + 20.0);
+}

@@ -91,6 +91,11 @@ pub struct ExperimentArgs {
     /// runs on its own protocol inside EvoP's run; its answer seeds the GA and is a candidate (0: none).
     #[arg(long, default_value_t = 4)]
     pub portfolio_sleb_windows: usize,
+    /// EvoP with the decision stage: race SLEB inside EvoP's run: `S/K` scores every candidate of a
+    /// greedy step on the first S of its random windows and only the K best on the rest
+    /// (`evop_baselines::Race`; docs/results.md, "Racing"), or `none` (SLEB as published).
+    #[arg(long, value_name = "S/K|none", default_value = "none")]
+    pub portfolio_sleb_race: String,
     /// EvoP with the decision stage: other pruners (baseline names, comma-separated) run on the
     /// calibration windows whose answers join the decision.
     #[arg(long, value_delimiter = ',')]
@@ -234,10 +239,14 @@ impl ExperimentArgs {
 
     /// The search settings in words, for the report's header.
     pub fn search_summary(&self) -> String {
+        let race = match self.portfolio_sleb_race.as_str() {
+            "none" => String::new(),
+            r => format!(" (raced {r})"),
+        };
         let decision = match self.decision_windows {
             0 => String::new(),
             d => format!(
-                "; SLEB on {} random windows seeds it; the finalists, SLEB's answer and the seed decided on {d} fresh CCDS windows ({})",
+                "; SLEB on {} random windows{race} seeds it; the finalists, SLEB's answer and the seed decided on {d} fresh CCDS windows ({})",
                 self.portfolio_sleb_windows, self.decision_loss
             ),
         };
@@ -329,6 +338,11 @@ impl ExperimentArgs {
     }
 
     /// The decision stage's settings (`None`: off).
+    /// `--portfolio-sleb-race` parsed.
+    pub fn sleb_race(&self) -> Result<Option<evop::baselines::Race>> {
+        evop::baselines::Race::parse(&self.portfolio_sleb_race).map_err(|e| anyhow::anyhow!("--portfolio-sleb-race {e}"))
+    }
+
     pub fn decision_spec(&self) -> Result<Option<evop::DecisionSpec>> {
         if self.decision_windows == 0 {
             return Ok(None);
@@ -514,22 +528,23 @@ pub fn run_evop(
         let ts = Instant::now();
         let rspec = CalibrationSpec { windows: r, seqlen: args.seqlen, sampler: SamplerKind::Random };
         // A small corpus may hold fewer windows than asked: SLEB then reads them all.
-        let random = match evop::build_calibration(&setup.model, &setup.split.calibration, &rspec, args.seed) {
-            Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { available, .. })) if available >= 1 => {
-                let all = CalibrationSpec { windows: available, ..rspec.clone() };
-                evop::build_calibration(&setup.model, &setup.split.calibration, &all, args.seed)
-            }
-            other => other,
-        }
-        .with_context(|| format!("drawing {r} random windows for SLEB inside EvoP's run (--portfolio-sleb-windows)"))?
-        .token_windows();
+        let draw = |windows| evop::build_calibration(&setup.model, &setup.split.calibration, &CalibrationSpec { windows, ..rspec.clone() }, args.seed);
+        let random = evop::draw_at_most(r, 1, draw)
+            .with_context(|| format!("drawing {r} random windows for SLEB inside EvoP's run (--portfolio-sleb-windows)"))?
+            .0
+            .token_windows();
         let r = random.len();
         let s = spinner(&format!("sleb on {r} random windows n={n}"));
-        let answer = evop::baselines::pruner_by_name("sleb")?.prune(&lm, &random, n)?.removed();
+        let race = args.sleb_race()?;
+        let answer = evop::baselines::Pruner::prune(&evop::baselines::Sleb { race, ..Default::default() }, &lm, &random, n)?.removed();
         s.finish_and_clear();
         let seconds = ts.elapsed().as_secs_f64();
         if !per_candidate_window.is_finite() {
-            per_candidate_window = seconds / (r as f64 * sleb_candidates(l, n));
+            let candidate_windows = match race.filter(|q| q.screen_windows < r) {
+                Some(q) => q.candidate_windows(&(0..n).map(|k| l.saturating_sub(k + 2)).collect::<Vec<_>>(), r),
+                None => r as f64 * sleb_candidates(l, n),
+            };
+            per_candidate_window = seconds / candidate_windows;
         }
         if !spec.seed_masks.contains(&answer) {
             spec.seed_masks.push(answer.clone());
@@ -570,13 +585,14 @@ pub fn run_evop(
         let s = spinner("drawing the decision windows");
         // A small corpus may hold fewer fresh windows than asked: decide on those there are;
         // with none left, the GA's own choice stands (said on stderr and in report.json).
-        let fresh = match evop::decision_windows(&setup.model, &setup.split.calibration, dspec, args.seed, &exclude) {
-            Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { available, .. })) if available >= 1 => {
-                let fewer = evop::DecisionSpec { windows: available, pool: dspec.pool.max(available), ..dspec.clone() };
-                Some(evop::decision_windows(&setup.model, &setup.split.calibration, &fewer, args.seed, &exclude)?)
-            }
+        let draw = |windows| {
+            let fewer = evop::DecisionSpec { windows, pool: dspec.pool.max(windows), ..dspec.clone() };
+            evop::decision_windows(&setup.model, &setup.split.calibration, &fewer, args.seed, &exclude)
+        };
+        let fresh = match evop::draw_at_most(dspec.windows, 1, draw) {
+            Ok((w, _)) => Some(w),
             Err(evop::EvopError::Data(evop::data::DataError::NotEnoughWindows { .. })) => None,
-            other => Some(other?),
+            Err(e) => return Err(e.into()),
         };
         s.finish_and_clear();
         let Some(fresh) = fresh else {

@@ -165,6 +165,7 @@ pub fn check_settings(args: &Args) -> Result<()> {
         bail!("--remove 0: must be at least 1");
     }
     args.exp.decision_spec()?;
+    args.exp.sleb_race()?;
     for m in args.exp.also.iter().filter(|m| m.as_str() != "none") {
         crate::checks::method("--also", m, &["none"])?;
         if m == "evop" {
@@ -322,7 +323,7 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         "search": { "preset": args.exp.preset.name(&args.exp.model.device), "population": args.exp.population(),
                     "stalled": args.exp.stalled(), "finalists": args.exp.finalists(), "time_budget_s": args.exp.time_budget,
                     "decision_windows": args.exp.decision_windows, "decision_loss": args.exp.decision_loss,
-                    "portfolio_sleb_windows": args.exp.portfolio_sleb_windows, "also": args.exp.also },
+                    "portfolio_sleb_windows": args.exp.portfolio_sleb_windows, "portfolio_sleb_race": args.exp.portfolio_sleb_race, "also": args.exp.also },
         "decision": runs[0].detail.get("decision").cloned().unwrap_or(serde_json::Value::Null),
         "dense": dense,
         "heal": if args.heal.enabled() { serde_json::json!({ "healer": args.heal.healer(args.exp.batch_size).name(), "windows": args.heal.heal_windows,

@@ -38,7 +38,7 @@ fn prune_decides_among_every_searcher_on_fresh_windows() {
             "prune", "--model", model.to_str().unwrap(), "--corpus", text.to_str().unwrap(), "--calib", "random", "--seqlen", "8",
             "--calib-windows", "4", "--screen-windows", "2", "--eval-seqlen", "8", "--eval-windows", "2", "--remove", "1",
             "--population", "4", "--generations", "2", "--decision-windows", "6", "--also", "shortgpt", "--heal", "none",
-            "--no-save", "--out", out.to_str().unwrap(),
+            "--portfolio-sleb-race", "1/1", "--no-save", "--out", out.to_str().unwrap(),
         ]);
         assert!(ok, "{printed}");
         assert!(printed.contains("| candidate | removed blocks | decision score | chosen |"), "{printed}");
@@ -80,6 +80,8 @@ fn bad_decision_settings_fail_before_any_work() {
         (vec!["--also", "evop"], "--also evop"),
         (vec!["--also", "nonsense"], "unknown --also `nonsense`"),
         (vec!["--method", "sleb", "--time-budget", "10"], "--time-budget applies to EvoP"),
+        (vec!["--portfolio-sleb-race", "0/6"], "--portfolio-sleb-race `0/6`"),
+        (vec!["--portfolio-sleb-race", "fast"], "--portfolio-sleb-race `fast`"),
     ] {
         let out = dir.path().join("never");
         let mut args: Vec<&str> = base.to_vec();
