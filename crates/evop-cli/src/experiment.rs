@@ -89,12 +89,14 @@ pub struct ExperimentArgs {
     pub decision_loss: String,
     /// EvoP with the decision stage: random calibration windows (--seqlen tokens each) on which SLEB
     /// runs on its own protocol inside EvoP's run; its answer seeds the GA and is a candidate (0: none).
-    #[arg(long, default_value_t = 4)]
+    /// Default 24, raced 4/6 (--portfolio-sleb-race): about the seconds of plain SLEB on 8 windows.
+    #[arg(long, default_value_t = 24)]
     pub portfolio_sleb_windows: usize,
     /// EvoP with the decision stage: race SLEB inside EvoP's run: `S/K` scores every candidate of a
     /// greedy step on the first S of its random windows and only the K best on the rest
-    /// (`evop_baselines::Race`; docs/results.md, "Racing"), or `none` (SLEB as published).
-    #[arg(long, value_name = "S/K|none", default_value = "none")]
+    /// (`evop_baselines::Race`; docs/results.md, "Racing SLEB inside the run"), or `none` (SLEB as
+    /// published, every candidate on every window).
+    #[arg(long, value_name = "S/K|none", default_value = "4/6")]
     pub portfolio_sleb_race: String,
     /// EvoP with the decision stage: other pruners (baseline names, comma-separated) run on the
     /// calibration windows whose answers join the decision.
