@@ -31,8 +31,8 @@
 //!   same random draw (windows sized from the seconds SLEB took inside the portfolio). `R/S/K`
 //!   in R's place races the portfolio's SLEB (`evop::baselines::Race`: every candidate of a step
 //!   on the first S windows, the best K on all R); SLEB at equal time stays unraced, its window
-//!   count then guessed from racing's share of the candidate-windows and redone once if its
-//!   seconds miss the portfolio's by more than 15%. Untimed,
+//!   count then guessed from racing's share of the candidate-windows and redone if its
+//!   seconds miss the portfolio's by more than 15% (at most twice). Untimed,
 //!   for choosing the decision's token count on data that is not the evaluation split: every
 //!   candidate's NLL on `--decision-study-windows` decision windows and on `--validation-windows`
 //!   random windows of 512 tokens of the calibration pool (rows: `candidates`).
@@ -646,17 +646,19 @@ fn main() -> Result<()> {
                     if *sleb_windows > 0 {
                         // SLEB's seconds per window: from its run inside the portfolio, or, when
                         // that run was raced, from racing's share of SLEB's candidate-windows; a
-                        // first guess off by more than 15% of the portfolio's seconds is redone once
-                        // at the window count its own pace gives.
+                        // guess off by more than 15% of the portfolio's seconds is redone (at most
+                        // twice) at the window count its own pace gives.
                         let per_window = sleb_seconds / *sleb_windows as f64 / race.map_or(1.0, |r| raced_share(l, n, *sleb_windows, r));
                         let mut w = ((seconds / per_window).round() as usize).clamp(1, random.len());
                         let (mut removed, mut block_forwards, mut s);
+                        let mut tries = 0;
                         loop {
+                            tries += 1;
                             let t = Instant::now();
                             (removed, block_forwards) = sleb(&lm, &random[..w], n)?;
                             s = t.elapsed().as_secs_f64();
                             let again = ((seconds / (s / w as f64)).round() as usize).clamp(1, random.len());
-                            if race.is_none() || (s - seconds).abs() <= 0.15 * seconds || again == w {
+                            if race.is_none() || (s - seconds).abs() <= 0.15 * seconds || again == w || tries == 3 {
                                 break;
                             }
                             eprintln!("  sleb@time: {w} windows took {s:.1}s against the portfolio's {seconds:.1}s: again on {again}");
