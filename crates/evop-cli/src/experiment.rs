@@ -541,17 +541,19 @@ pub fn run_evop(
         let answer = evop::baselines::Pruner::prune(&evop::baselines::Sleb { race, ..Default::default() }, &lm, &random, n)?.removed();
         s.finish_and_clear();
         let seconds = ts.elapsed().as_secs_f64();
+        // Racing scores a share of plain SLEB's candidate-windows on the same windows.
+        let raced_share = match race.filter(|q| q.screen_windows < r) {
+            Some(q) => q.candidate_windows(&(0..n).map(|k| l.saturating_sub(k + 2)).collect::<Vec<_>>(), r) / (r as f64 * (sleb_candidates(l, n) - 1.0)),
+            None => 1.0,
+        };
         if !per_candidate_window.is_finite() {
-            let candidate_windows = match race.filter(|q| q.screen_windows < r) {
-                Some(q) => q.candidate_windows(&(0..n).map(|k| l.saturating_sub(k + 2)).collect::<Vec<_>>(), r),
-                None => r as f64 * sleb_candidates(l, n),
-            };
-            per_candidate_window = seconds / candidate_windows;
+            per_candidate_window = seconds / (r as f64 * sleb_candidates(l, n) * raced_share);
         }
         if !spec.seed_masks.contains(&answer) {
             spec.seed_masks.push(answer.clone());
         }
-        portfolio_sleb = serde_json::json!({ "windows": r, "tokens": r * args.seqlen, "seconds": seconds, "removed": answer });
+        portfolio_sleb = serde_json::json!({ "windows": r, "tokens": r * args.seqlen, "seconds": seconds, "removed": answer,
+            "race": race.map(|q| serde_json::json!({ "screen_windows": q.screen_windows, "keep": q.keep })), "raced_share": raced_share });
         sleb_candidate = Some((format!("sleb ({} random tokens)", r * args.seqlen), answer));
         sleb_windows_read = random;
     }

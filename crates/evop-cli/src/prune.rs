@@ -106,8 +106,9 @@ fn sleb_at_equal_time(
         row.detail = serde_json::Value::Null;
         rows.push(row);
     }
+    // Raced, it scored `raced_share` of plain SLEB's candidate-windows: plain SLEB's pace is slower.
     let inside_per_window = match (inside["windows"].as_u64(), inside["seconds"].as_f64()) {
-        (Some(w), Some(s)) if w > 0 && s > 0.0 => Some(s / w as f64),
+        (Some(w), Some(s)) if w > 0 && s > 0.0 => Some(s / w as f64 / inside["raced_share"].as_f64().filter(|x| *x > 0.0).unwrap_or(1.0)),
         _ => None,
     };
     let per_window = match evop.seed_method.as_str() {
