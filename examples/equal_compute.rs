@@ -47,7 +47,7 @@
 //! Rows go to `STEM.rows.jsonl` as they come (one per method, n and seed).
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use evop::baselines::{pruner_by_name, Pruner, Race, Sleb};
+use evop::baselines::{Pruner, Race, Sleb};
 use evop::data::{read_wikipedia_leads, CalibrationSet, SplitRule};
 use evop::model::{load, BlockLm, BlockMask, EvaluatorOptions, LoadOptions, LoadedModel, LossKind};
 use evop::search::{GenerationReport, Observer, StopReason};
@@ -379,21 +379,13 @@ fn ccds_set(args: &Args, model: &LoadedModel, pool: &evop::data::Corpus, windows
 
 /// SLEB's greedy answer on `windows` and its block forwards.
 fn sleb(lm: &Arc<dyn BlockLm>, windows: &[Vec<u32>], n: usize) -> Result<(Vec<usize>, u64)> {
-    let r = pruner_by_name("sleb")?.prune(lm, windows, n)?;
-    Ok((r.removed(), r.counts.block_forwards))
+    sleb_raced(lm, windows, n, None)
 }
 
 /// SLEB, raced when `race` is set (`Sleb::race`).
 fn sleb_raced(lm: &Arc<dyn BlockLm>, windows: &[Vec<u32>], n: usize, race: Option<Race>) -> Result<(Vec<usize>, u64)> {
     let r = Sleb { race, ..Sleb::default() }.prune(lm, windows, n)?;
     Ok((r.removed(), r.counts.block_forwards))
-}
-
-/// Raced SLEB's candidate-windows as a share of SLEB's on the same `w` windows (blocks `l`,
-/// `n` steps, the first and last alive block never candidates).
-fn raced_share(l: usize, n: usize, w: usize, race: Race) -> f64 {
-    let steps: Vec<usize> = (0..n).map(|k| l.saturating_sub(k + 2)).collect();
-    race.candidate_windows(&steps, w) / (steps.iter().sum::<usize>() * w) as f64
 }
 
 fn main() -> Result<()> {
@@ -648,7 +640,7 @@ fn main() -> Result<()> {
                         // that run was raced, from racing's share of SLEB's candidate-windows; a
                         // guess off by more than 15% of the portfolio's seconds is redone (at most
                         // twice) at the window count its own pace gives.
-                        let per_window = sleb_seconds / *sleb_windows as f64 / race.map_or(1.0, |r| raced_share(l, n, *sleb_windows, r));
+                        let per_window = sleb_seconds / *sleb_windows as f64 / race.map_or(1.0, |r| r.sleb_share(l, n, *sleb_windows));
                         let mut w = ((seconds / per_window).round() as usize).clamp(1, random.len());
                         let (mut removed, mut block_forwards, mut s);
                         let mut tries = 0;

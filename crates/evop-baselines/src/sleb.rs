@@ -229,6 +229,14 @@ impl Race {
         candidates_per_step.iter().map(|&c| (c * screen + c.min(self.keep) * (windows - screen)) as f64).sum()
     }
 
+    /// The share of plain SLEB's candidate-windows (default barriers: every alive block but the
+    /// first and last is a candidate) that racing scores removing `n` of `num_blocks` blocks on
+    /// `windows` windows.
+    pub fn sleb_share(&self, num_blocks: usize, n: usize, windows: usize) -> f64 {
+        let steps: Vec<usize> = (0..n).map(|k| num_blocks.saturating_sub(k + 2)).collect();
+        self.candidate_windows(&steps, windows) / (steps.iter().sum::<usize>() * windows) as f64
+    }
+
     /// Parses `S/K` (screen windows / candidates kept); `none` is no racing.
     pub fn parse(s: &str) -> std::result::Result<Option<Self>, String> {
         if s == "none" {

@@ -273,3 +273,11 @@ fn race_settings_parse_and_count() {
     // Steps of 5 and 2 candidates on 10 windows: 5*2 + 3*8, then 2*2 + 2*8.
     assert_eq!(r.candidate_windows(&[5, 2], 10), 34.0 + 20.0);
 }
+
+#[test]
+fn race_share_of_sleb_counts_every_step() {
+    // 6 blocks, 2 steps: 4 then 3 candidates; on 5 windows, screen 1, keep 2: (4 + 2*4) + (3 + 2*4) of (4 + 3) * 5.
+    let r = Race { screen_windows: 1, keep: 2 };
+    assert!((r.sleb_share(6, 2, 5) - 23.0 / 35.0).abs() < 1e-12);
+    assert_eq!(Race { screen_windows: 1, keep: 99 }.sleb_share(6, 2, 5), 1.0);
+}

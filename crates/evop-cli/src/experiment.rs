@@ -543,7 +543,7 @@ pub fn run_evop(
         let seconds = ts.elapsed().as_secs_f64();
         // Racing scores a share of plain SLEB's candidate-windows on the same windows.
         let raced_share = match race.filter(|q| q.screen_windows < r) {
-            Some(q) => q.candidate_windows(&(0..n).map(|k| l.saturating_sub(k + 2)).collect::<Vec<_>>(), r) / (r as f64 * (sleb_candidates(l, n) - 1.0)),
+            Some(q) => q.sleb_share(l, n, r),
             None => 1.0,
         };
         if !per_candidate_window.is_finite() {
