@@ -119,6 +119,9 @@ struct Args {
     /// decision's token count.
     #[arg(long, default_value_t = 32)]
     decision_study_windows: usize,
+    /// Portfolio: tokens per decision window (default: --seqlen, as `evop prune`).
+    #[arg(long)]
+    decision_seqlen: Option<usize>,
     /// Portfolio: random calibration-pool windows of 512 tokens on which every candidate is
     /// scored (untimed; validation data for choosing the decision's settings; 0: off).
     #[arg(long, default_value_t = 8)]
@@ -423,6 +426,7 @@ fn main() -> Result<()> {
             args.model, d.overall.perplexity, full.tokens(), args.dense_full_seqlen, t.elapsed().as_secs_f64()
         );
     }
+    let dseqlen = args.decision_seqlen.unwrap_or(args.seqlen);
     let max_eval = (args.eval_windows > 0).then_some(args.eval_windows);
     let eval = EvalSet::from_split(&model, &split, args.eval_seqlen, max_eval, Some(args.topic_windows))?;
     let t = Instant::now();
@@ -510,7 +514,7 @@ fn main() -> Result<()> {
             let mut exclude = calib.token_windows();
             exclude.extend(random[..*sleb_windows].iter().cloned());
             let count = (*decision).max(args.decision_study_windows);
-            let dspec = DecisionSpec { windows: count, seqlen: args.seqlen, pool: 256.max(count), loss: LossKind::Nll, ccds: true };
+            let dspec = DecisionSpec { windows: count, seqlen: dseqlen, pool: 256.max(count), loss: LossKind::Nll, ccds: true };
             let t = Instant::now();
             let set = decision_windows(&model, &split.calibration, &dspec, seed, &exclude)?;
             decision_sets.push(Some((set.token_windows(), t.elapsed().as_secs_f64())));
@@ -581,7 +585,7 @@ fn main() -> Result<()> {
                     if let Some(s) = &seeder {
                         candidates.push(Candidate::new(format!("{} seed", shape.seed), s.removed()));
                     }
-                    let dspec = DecisionSpec { windows: *decision, seqlen: args.seqlen, pool: 256, loss: LossKind::Nll, ccds: true };
+                    let dspec = DecisionSpec { windows: *decision, seqlen: dseqlen, pool: 256, loss: LossKind::Nll, ccds: true };
                     let chosen = decide(&lm, &candidates, &dset[..*decision], &dspec, args.batch_size)?;
                     let seconds = t.elapsed().as_secs_f64();
                     let (eval_ppl, worst) = score(&chosen.removed)?;
@@ -628,11 +632,11 @@ fn main() -> Result<()> {
                         block_forwards: report.counts.block_forwards + forwards,
                         anytime: curve,
                         decision: Some(serde_json::json!({
-                            "chosen": chosen.chosen, "tokens": chosen.tokens, "seconds": chosen.seconds, "loss": "nll",
+                            "chosen": chosen.chosen, "tokens": chosen.tokens, "seqlen": dseqlen, "seconds": chosen.seconds, "loss": "nll",
                             "sleb_seconds": sleb_seconds, "ga_seconds": report.search_seconds, "generations": report.generations,
                             "candidates": study, "validation_windows": validation.len(), "validation_seqlen": 512,
                         })),
-                        ..base(n, seed, name.clone(), (calib.len() + *decision) * args.seqlen + sleb_windows * args.seqlen)
+                        ..base(n, seed, name.clone(), calib.len() * args.seqlen + *decision * dseqlen + sleb_windows * args.seqlen)
                     })?;
                     // SLEB given the portfolio's seconds, on the same random draw.
                     if *sleb_windows > 0 {

@@ -94,6 +94,8 @@ struct Row {
     /// With --tune and --heal-corpus: held-back paragraphs of the heal corpus.
     tune_extra_ppl: Option<f64>,
     heal_seconds: f64,
+    /// Windows the patches were fitted on (0 unhealed).
+    fit_windows: usize,
     patched_runs: usize,
     runs: Vec<evop::heal::RunReport>,
     heal_corpus: Option<String>,
@@ -112,7 +114,9 @@ fn parse_mask(s: &str, l: usize) -> Result<BlockMask> {
     Ok(BlockMask::from_removed(l, &removed)?)
 }
 
-fn parse_config(s: &str) -> Result<Option<(LinearPatch, HealDataSpec, Option<f64>)>> {
+/// A healer configuration; fit windows default to `auto` for hidden size `hidden` (as `evop`'s
+/// `--heal-windows auto`), `fit=N` sets them.
+fn parse_config(s: &str, hidden: usize) -> Result<Option<(LinearPatch, HealDataSpec, Option<f64>)>> {
     let mut parts = s.split(':');
     match parts.next() {
         Some("none") => return Ok(None),
@@ -122,6 +126,7 @@ fn parse_config(s: &str) -> Result<Option<(LinearPatch, HealDataSpec, Option<f64
     let mut healer = LinearPatch::default();
     let mut spec = HealDataSpec::default();
     let mut share = None;
+    let mut fit = None;
     for kv in parts {
         let (k, v) = kv.split_once('=').with_context(|| format!("`{kv}` in `{s}` is not key=value"))?;
         match k {
@@ -133,7 +138,7 @@ fn parse_config(s: &str) -> Result<Option<(LinearPatch, HealDataSpec, Option<f64
                     _ => bail!("scale={v}: expected mean or diag"),
                 }
             }
-            "fit" => spec.fit_windows = v.parse()?,
+            "fit" => fit = Some(v.parse()?),
             "guard" => spec.guard_windows = v.parse()?,
             "single" => healer.single_block_runs = v == "1",
             "seqlen" => spec.seqlen = v.parse()?,
@@ -142,6 +147,7 @@ fn parse_config(s: &str) -> Result<Option<(LinearPatch, HealDataSpec, Option<f64
         }
     }
     healer.guard = spec.guard_windows > 0;
+    spec.fit_windows = fit.unwrap_or_else(|| evop::fit_windows_for_hidden(hidden, spec.seqlen));
     Ok(Some((healer, spec, share)))
 }
 
@@ -252,7 +258,7 @@ fn main() -> Result<()> {
         let removed: Vec<usize> = mask.removed().collect();
         let configs: Vec<String> = if removed.is_empty() { vec!["none".into()] } else { args.configs.clone() };
         for config in &configs {
-            let parsed = parse_config(config)?;
+            let parsed = parse_config(config, model.lm.info().hidden_size)?;
             let seeds: Vec<u64> = if parsed.is_some() { args.seeds.clone() } else { vec![0] };
             for &seed in &seeds {
                 let key = |r: &serde_json::Value| {
@@ -288,6 +294,7 @@ fn main() -> Result<()> {
                     tune_ppl,
                     tune_extra_ppl,
                     heal_seconds: healing.as_ref().map_or(0.0, |h| h.seconds),
+                    fit_windows: parsed.as_ref().map_or(0, |p| p.1.fit_windows),
                     patched_runs: healing.as_ref().map_or(0, |h| h.patched_runs()),
                     runs: healing.as_ref().map_or_else(Vec::new, |h| h.runs.clone()),
                     heal_corpus: heal_corpus.clone(),

@@ -7,6 +7,11 @@
 #   code-rust.txt      regex-syntax 0.8.12's HIR modules from the cargo registry (Rust code)
 #   prose-pyref.txt    CPython 3.11's pydoc topics: the language reference's English text
 #   prose-gitnotes.txt git's release notes for 2.30.0 .. 2.39.0 from /usr/share/doc/git (technical prose)
+# and a third set, built and sealed on 2026-12-07 (later that day) before any healer ran on it:
+#   code-c.txt         CPython 3.11's C API headers object.h, abstract.h, unicodeobject.h, longobject.h,
+#                      dictobject.h, pyerrors.h, listobject.h (C code and its comments)
+#   code-perl.txt      Perl 5.36's Getopt::Long, File::Temp, File::Find, Text::Balanced (Perl code and POD)
+#   prose-perldiag.txt Perl 5.36's perldiag.pod: every diagnostic message explained (technical prose)
 # Usage: scripts/fresh_ood_texts.sh OUT_DIR    (prints each file's size and sha256)
 set -euo pipefail
 out=${1:?usage: scripts/fresh_ood_texts.sh OUT_DIR}
@@ -32,5 +37,17 @@ for v in 30 31 32 33 34 35 36 37 38 39; do
   [ -n "$f" ] || { echo "missing $rn/2.$v.0.txt (Debian's git package)" >&2; exit 1; }
   zcat -f "$f"; printf '\n\n'
 done > "$out/prose-gitnotes.txt.tmp" && mv "$out/prose-gitnotes.txt.tmp" "$out/prose-gitnotes.txt"
-set -- code-stdlib.txt prose-licenses.txt code-rust.txt prose-pyref.txt prose-gitnotes.txt
+inc=/usr/include/python3.11
+for f in object.h abstract.h unicodeobject.h longobject.h dictobject.h pyerrors.h listobject.h; do
+  [ -f "$inc/$f" ] || { echo "missing $inc/$f (Debian's libpython3.11-dev)" >&2; exit 1; }
+  cat "$inc/$f"; printf '\n\n'
+done > "$out/code-c.txt.tmp" && mv "$out/code-c.txt.tmp" "$out/code-c.txt"
+pl=/usr/share/perl/5.36
+for f in Getopt/Long.pm File/Temp.pm File/Find.pm Text/Balanced.pm; do
+  [ -f "$pl/$f" ] || { echo "missing $pl/$f (Debian's perl-modules-5.36)" >&2; exit 1; }
+  cat "$pl/$f"; printf '\n\n'
+done > "$out/code-perl.txt.tmp" && mv "$out/code-perl.txt.tmp" "$out/code-perl.txt"
+[ -f "$pl/pod/perldiag.pod" ] || { echo "missing $pl/pod/perldiag.pod (Debian's perl-modules-5.36)" >&2; exit 1; }
+cp "$pl/pod/perldiag.pod" "$out/prose-perldiag.txt.tmp" && mv "$out/prose-perldiag.txt.tmp" "$out/prose-perldiag.txt"
+set -- code-stdlib.txt prose-licenses.txt code-rust.txt prose-pyref.txt prose-gitnotes.txt code-c.txt code-perl.txt prose-perldiag.txt
 (cd "$out" && wc -c "$@" && sha256sum "$@")

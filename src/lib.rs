@@ -29,7 +29,7 @@ pub mod windows;
 pub use error::{EvopError, Result};
 pub use evaluation::{evaluate, EvalReport, EvalSet};
 pub use fitness::CalibrationFitness;
-pub use healing::{build_heal_data, build_heal_data_from_sources, build_heal_data_with, HealDataSpec};
+pub use healing::{build_heal_data, build_heal_data_from_sources, build_heal_data_with, fit_windows_for_hidden, HealDataSpec};
 pub use objective::Objective;
 pub use pipeline::{
     build_calibration, build_calibration_excluding, CalibrationSpec, EmbedderKind, GaOperators, Pipeline, PruneReport, SamplerKind, Screening, SearchJob, SearchSpec, StrategyKind,

@@ -625,20 +625,47 @@ impl SearchJob {
     }
 }
 
+/// Tokens in a row two windows must share to count as overlapping (see [`Overlap`]), at most.
+const OVERLAP_RUN: usize = 16;
+
+/// The windows a draw must not touch, by their token runs: a candidate window overlaps them when
+/// it equals one, or shares a run of `run` consecutive tokens with one ([`OVERLAP_RUN`], or the
+/// shortest excluded window's length if shorter), so a window of 256 tokens holding a 128-token
+/// window a search read is left out too, wherever it sits.
+struct Overlap<'a> {
+    run: usize,
+    whole: std::collections::HashSet<&'a [u32]>,
+    runs: std::collections::HashSet<&'a [u32]>,
+}
+
+impl<'a> Overlap<'a> {
+    fn new(exclude: &'a [Vec<u32>]) -> Self {
+        let run = exclude.iter().map(Vec::len).filter(|&n| n > 0).min().unwrap_or(OVERLAP_RUN).min(OVERLAP_RUN);
+        let whole = exclude.iter().map(|w| w.as_slice()).collect();
+        let runs = exclude.iter().flat_map(|w| w.windows(run)).collect();
+        Self { run, whole, runs }
+    }
+
+    fn touches(&self, window: &[u32]) -> bool {
+        self.whole.contains(window) || window.windows(self.run).any(|r| self.runs.contains(r))
+    }
+}
+
 /// Draws a calibration set from `pool` (see [`CalibrationSpec`]).
 pub fn build_calibration(model: &LoadedModel, pool: &Corpus, spec: &CalibrationSpec, seed: u64) -> Result<CalibrationSet> {
     build_calibration_excluding(model, pool, spec, seed, &[])
 }
 
-/// [`build_calibration`] without the windows whose tokens equal one of `exclude` (e.g. windows
-/// another search read).
+/// [`build_calibration`] without the windows that equal or overlap one of `exclude` (share a
+/// run of 16 tokens, or of the shortest excluded window's length, with one; e.g. windows another
+/// search read, of any length).
 pub fn build_calibration_excluding(model: &LoadedModel, pool: &Corpus, spec: &CalibrationSpec, seed: u64, exclude: &[Vec<u32>]) -> Result<CalibrationSet> {
     let tokenizer = model.tokenizer()?;
     let wopts = WindowOptions::new(spec.seqlen).boundary(evop_data::Boundary::AcrossDocuments);
     let mut windows: Vec<Window> = make_windows(pool, tokenizer, &wopts)?;
     if !exclude.is_empty() {
-        let excluded: std::collections::HashSet<&[u32]> = exclude.iter().map(|w| w.as_slice()).collect();
-        windows.retain(|w| !excluded.contains(w.ids.as_slice()) && !excluded.contains(w.real_ids()));
+        let excluded = Overlap::new(exclude);
+        windows.retain(|w| !excluded.touches(w.ids.as_slice()) && !excluded.touches(w.real_ids()));
     }
     let candidates = match &spec.sampler {
         SamplerKind::Random => windows.len(),
@@ -698,5 +725,30 @@ impl Observer for BoxedObserver {
     }
     fn finish(&mut self, reason: StopReason, last: &GenerationReport) -> std::result::Result<(), evop_search::BoxError> {
         self.0.finish(reason, last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_finds_windows_of_other_lengths_that_hold_an_excluded_run() {
+        let stream: Vec<u32> = (0..1024).collect();
+        let read = vec![stream[128..256].to_vec(), stream[700..705].to_vec()];
+        let o = Overlap::new(&read);
+        // A 256-token window holding a 128-token window read, aligned or not.
+        assert!(o.touches(&stream[0..256]));
+        assert!(o.touches(&stream[100..356]));
+        // Sharing a run of 16 tokens (the tail of the window read).
+        assert!(o.touches(&stream[240..496]));
+        // Sharing nothing.
+        assert!(!o.touches(&stream[256..512]));
+        // The run shrinks to the shortest window read (5 tokens here): holding it counts.
+        assert!(o.touches(&stream[690..720]));
+        assert!(!o.touches(&stream[701..720]));
+        let long = vec![stream[128..256].to_vec()];
+        let o = Overlap::new(&long);
+        assert!(!o.touches(&stream[241..497]), "15 shared tokens are under the 16-token run");
     }
 }

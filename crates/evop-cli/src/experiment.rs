@@ -84,19 +84,23 @@ pub struct ExperimentArgs {
     /// GA's own choice among its finalists on the calibration windows, as before).
     #[arg(long, default_value_t = 16)]
     pub decision_windows: usize,
+    /// EvoP: tokens per decision window (default: --seqlen, the calibration windows' length;
+    /// the windows drawn leave out every window a search read and every window overlapping one).
+    #[arg(long, value_name = "N")]
+    pub decision_seqlen: Option<usize>,
     /// EvoP: the decision's per-window loss: `nll` (mean next-token NLL) or `kl` (KL to the dense model).
     #[arg(long, default_value = "nll")]
     pub decision_loss: String,
     /// EvoP with the decision stage: random calibration windows (--seqlen tokens each) on which SLEB
     /// runs on its own protocol inside EvoP's run; its answer seeds the GA and is a candidate (0: none).
-    /// Default 24, raced 4/6 (--portfolio-sleb-race): about the seconds of plain SLEB on 8 windows.
-    #[arg(long, default_value_t = 24)]
+    /// Default 16, raced 3/4 (--portfolio-sleb-race): about the seconds of plain SLEB on 5 windows.
+    #[arg(long, default_value_t = 16)]
     pub portfolio_sleb_windows: usize,
     /// EvoP with the decision stage: race SLEB inside EvoP's run: `S/K` scores every candidate of a
     /// greedy step on the first S of its random windows and only the K best on the rest
     /// (`evop_baselines::Race`; docs/results.md, "Racing SLEB inside the run"), or `none` (SLEB as
     /// published, every candidate on every window).
-    #[arg(long, value_name = "S/K|none", default_value = "4/6")]
+    #[arg(long, value_name = "S/K|none", default_value = "3/4")]
     pub portfolio_sleb_race: String,
     /// EvoP with the decision stage: other pruners (baseline names, comma-separated) run on the
     /// calibration windows whose answers join the decision.
@@ -248,8 +252,8 @@ impl ExperimentArgs {
         let decision = match self.decision_windows {
             0 => String::new(),
             d => format!(
-                "; SLEB on {} random windows{race} seeds it; the finalists, SLEB's answer and the seed decided on {d} fresh CCDS windows ({})",
-                self.portfolio_sleb_windows, self.decision_loss
+                "; SLEB on {} random windows{race} seeds it; the finalists, SLEB's answer and the seed decided on {d} fresh CCDS windows of {} tokens ({})",
+                self.portfolio_sleb_windows, self.decision_seqlen(), self.decision_loss
             ),
         };
         let budget = self.time_budget.map_or(String::new(), |b| format!("; time budget {b} s"));
@@ -339,12 +343,17 @@ impl ExperimentArgs {
         Ok(Some(evop::Screening { windows, tokens: self.screen_tokens, position_stride: self.screen_stride, finalists: self.finalists() }))
     }
 
-    /// The decision stage's settings (`None`: off).
     /// `--portfolio-sleb-race` parsed.
     pub fn sleb_race(&self) -> Result<Option<evop::baselines::Race>> {
         evop::baselines::Race::parse(&self.portfolio_sleb_race).map_err(|e| anyhow::anyhow!("--portfolio-sleb-race {e}"))
     }
 
+    /// Tokens per decision window: --decision-seqlen, else --seqlen.
+    pub fn decision_seqlen(&self) -> usize {
+        self.decision_seqlen.unwrap_or(self.seqlen)
+    }
+
+    /// The decision stage's settings (`None`: off).
     pub fn decision_spec(&self) -> Result<Option<evop::DecisionSpec>> {
         if self.decision_windows == 0 {
             return Ok(None);
@@ -354,8 +363,8 @@ impl ExperimentArgs {
             "kl" => evop::model::LossKind::KlToDense,
             other => bail!("unknown --decision-loss `{other}` (expected nll or kl)"),
         };
-        let spec = evop::DecisionSpec { windows: self.decision_windows, seqlen: self.seqlen, pool: self.pool.max(self.decision_windows).min(256.max(self.decision_windows)), loss, ccds: self.calib == "ccds" };
-        spec.check().map_err(|e| anyhow::anyhow!("--decision-windows {}: {e}", self.decision_windows))?;
+        let spec = evop::DecisionSpec { windows: self.decision_windows, seqlen: self.decision_seqlen(), pool: self.pool.max(self.decision_windows).min(256.max(self.decision_windows)), loss, ccds: self.calib == "ccds" };
+        spec.check().map_err(|e| anyhow::anyhow!("--decision-windows {} --decision-seqlen {}: {e}", self.decision_windows, spec.seqlen))?;
         if let Some(b) = self.time_budget {
             if !(b.is_finite() && b > 0.0) {
                 bail!("--time-budget {b}: must be a positive number of seconds");
@@ -566,7 +575,9 @@ pub fn run_evop(
     }
     if let (Some(b), Some(d)) = (args.time_budget, &decision) {
         let candidates = args.finalists() + 2 + also.len();
-        let decide_estimate = if per_candidate_window.is_finite() { per_candidate_window * (candidates * d.windows) as f64 } else { 0.0 };
+        // Seconds per candidate and window scale with the window's tokens.
+        let per_decision_window = per_candidate_window * d.seqlen as f64 / args.seqlen.max(1) as f64;
+        let decide_estimate = if per_decision_window.is_finite() { per_decision_window * (candidates * d.windows) as f64 } else { 0.0 };
         spec.time_limit_s = Some((b - start.elapsed().as_secs_f64() - decide_estimate).max(0.0));
     } else if let Some(b) = args.time_budget {
         spec.time_limit_s = Some((b - start.elapsed().as_secs_f64()).max(0.0));

@@ -19,9 +19,11 @@ pub struct HealArgs {
     /// per removed run, folded into the weights; docs/healing.md) or `none`.
     #[arg(long, default_value = "linear")]
     pub heal: String,
-    /// Windows the patches are fitted on, CCDS-drawn from the calibration pool.
-    #[arg(long, default_value_t = 64)]
-    pub heal_windows: usize,
+    /// Windows the patches are fitted on, CCDS-drawn from the calibration pool: a number, or
+    /// `auto` (64 windows of 128 tokens per 768 of hidden size, at least 64: SmolLM2 64,
+    /// Qwen2.5-Coder-0.5B 80, -1.5B 128; docs/healing.md).
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    pub heal_windows: String,
     /// Held-back windows (one per cluster in turn) each patch must improve to be kept; 0 turns
     /// the guard off.
     #[arg(long, default_value_t = 16)]
@@ -76,9 +78,7 @@ impl HealArgs {
             "linear" | "none" => {}
             other => bail!("unknown --heal `{other}` (expected linear or none)"),
         }
-        if self.heal_windows == 0 {
-            bail!("--heal-windows must be at least 1");
-        }
+        self.fit_windows_for_hidden(768)?;
         if self.heal_seqlen < 2 {
             bail!("--heal-seqlen {}: must be at least 2", self.heal_seqlen);
         }
@@ -95,6 +95,22 @@ impl HealArgs {
             );
         }
         Ok(())
+    }
+
+    /// `--heal-windows` for a model of hidden size `hidden` at `--heal-seqlen`.
+    pub fn fit_windows_for_hidden(&self, hidden: usize) -> Result<usize> {
+        match self.heal_windows.as_str() {
+            "auto" => Ok(evop::fit_windows_for_hidden(hidden, self.heal_seqlen)),
+            s => match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => bail!("--heal-windows {s}: expected a positive number of windows or `auto`"),
+            },
+        }
+    }
+
+    /// `--heal-windows` for `model`.
+    pub fn fit_windows(&self, model: &LoadedModel) -> Result<usize> {
+        self.fit_windows_for_hidden(model.lm.info().hidden_size)
     }
 
     /// `--heal-corpus-share` as a number, `None` for `pooled`.
@@ -144,7 +160,7 @@ impl HealArgs {
             None => None,
         };
         let spec = evop::HealDataSpec {
-            fit_windows: self.heal_windows,
+            fit_windows: self.fit_windows(model)?,
             guard_windows: self.heal_guard_windows,
             seqlen: self.heal_seqlen,
             ..Default::default()

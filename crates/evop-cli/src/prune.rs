@@ -278,7 +278,7 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
     }
     if args.heal.enabled() {
         println!("Healing: {} on {} x {} CCDS tokens of the calibration pool{}, guard {} windows",
-            args.heal.healer(args.exp.batch_size).name(), args.heal.heal_windows, args.heal.heal_seqlen,
+            args.heal.healer(args.exp.batch_size).name(), args.heal.fit_windows(&setup.model)?, args.heal.heal_seqlen,
             if args.heal.heal_corpus == "none" { String::new() } else { format!(" and {} (share {})", args.heal.heal_corpus, args.heal.heal_corpus_share) }, args.heal.heal_guard_windows);
     }
     println!();
@@ -327,7 +327,7 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
                     "portfolio_sleb_windows": args.exp.portfolio_sleb_windows, "portfolio_sleb_race": args.exp.portfolio_sleb_race, "also": args.exp.also },
         "decision": runs[0].detail.get("decision").cloned().unwrap_or(serde_json::Value::Null),
         "dense": dense,
-        "heal": if args.heal.enabled() { serde_json::json!({ "healer": args.heal.healer(args.exp.batch_size).name(), "windows": args.heal.heal_windows,
+        "heal": if args.heal.enabled() { serde_json::json!({ "healer": args.heal.healer(args.exp.batch_size).name(), "windows": args.heal.fit_windows(&setup.model)?,
             "guard_windows": args.heal.heal_guard_windows, "seqlen": args.heal.heal_seqlen, "corpus": args.heal.heal_corpus, "corpus_share": args.heal.heal_corpus_share }) } else { serde_json::Value::Null },
         "runs": runs,
     });

@@ -67,6 +67,50 @@ fn prune_decides_among_every_searcher_on_fresh_windows() {
     assert_eq!(reports[0]["decision"]["scores"].as_array().unwrap().len(), reports[1]["decision"]["scores"].as_array().unwrap().len());
 }
 
+/// A corpus whose words follow a linear congruential sequence, so that no run of a few tokens
+/// repeats by construction (unlike [`corpus`], whose paragraphs cycle).
+fn varied_corpus(dir: &std::path::Path) -> PathBuf {
+    let text = dir.join("varied.txt");
+    let mut x: u64 = 12345;
+    let body: Vec<String> = (0..80)
+        .map(|_| {
+            (0..24)
+                .map(|_| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    format!("w{}", 4 + (x >> 33) % 120)
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    std::fs::write(&text, body.join("\n\n")).unwrap();
+    text
+}
+
+#[test]
+fn longer_decision_windows_hold_no_token_run_a_search_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = varied_corpus(dir.path());
+    let model = fixture("llama");
+    let out = dir.path().join("out");
+    let (ok, printed) = evop(&[
+        "prune", "--model", model.to_str().unwrap(), "--corpus", text.to_str().unwrap(), "--calib", "random", "--seqlen", "8",
+        "--calib-windows", "8", "--screen-windows", "2", "--eval-seqlen", "8", "--eval-windows", "2", "--remove", "1",
+        "--population", "4", "--generations", "2", "--decision-windows", "40", "--decision-seqlen", "24", "--heal", "none",
+        "--portfolio-sleb-windows", "3", "--no-save", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{printed}");
+    let searched = windows(&out.join("calibration.json"));
+    let fresh = windows(&out.join("decision-windows.json"));
+    assert_eq!(fresh.len(), 40);
+    assert!(fresh.iter().all(|w| w.len() == 24), "decision windows of --decision-seqlen tokens");
+    for w in &fresh {
+        for s in &searched {
+            assert!(!w.windows(s.len()).any(|run| run == s.as_slice()), "decision window {w:?} holds calibration window {s:?}");
+        }
+    }
+}
+
 #[test]
 fn bad_decision_settings_fail_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,6 +126,7 @@ fn bad_decision_settings_fail_before_any_work() {
         (vec!["--method", "sleb", "--time-budget", "10"], "--time-budget applies to EvoP"),
         (vec!["--portfolio-sleb-race", "0/6"], "--portfolio-sleb-race `0/6`"),
         (vec!["--portfolio-sleb-race", "fast"], "--portfolio-sleb-race `fast`"),
+        (vec!["--decision-seqlen", "1"], "--decision-seqlen 1"),
     ] {
         let out = dir.path().join("never");
         let mut args: Vec<&str> = base.to_vec();
