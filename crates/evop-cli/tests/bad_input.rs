@@ -149,6 +149,8 @@ fn settings_are_checked_before_anything_is_fetched_loaded_or_written() {
         (vec!["compare", "--model", nowhere, "--remove", "3,0", "--out", o], vec!["--remove 0: must be at least 1"]),
         (vec!["prune", "--model", nowhere, "--heal-corpus-share", "2", "--out", o], vec!["--heal-corpus-share 2: expected a number between 0 and 1, or `pooled`"]),
         (vec!["heal", "--model", nowhere, "--skip", "3", "--heal-corpus-share", "half", "--out", o], vec!["--heal-corpus-share half"]),
+        (vec!["prune", "--model", nowhere, "--heal-windows", "0", "--out", o], vec!["--heal-windows 0: expected a positive number of windows or `auto`"]),
+        (vec!["heal", "--model", nowhere, "--skip", "3", "--heal-windows", "many", "--out", o], vec!["--heal-windows many"]),
         (vec!["eval", "--model", nowhere, "--seqlen", "1"], vec!["--seqlen 1: a window needs at least 2 tokens"]),
         (vec!["eval", "--model", nowhere, "--text", "/nonexistent/text.txt"], vec!["--text /nonexistent/text.txt"]),
         (vec!["eval", "--model", nowhere, "--json", "/nonexistent/dir/eval.json"], vec!["the directory /nonexistent/dir does not exist"]),
