@@ -665,7 +665,8 @@ pub fn build_calibration_excluding(model: &LoadedModel, pool: &Corpus, spec: &Ca
     let mut windows: Vec<Window> = make_windows(pool, tokenizer, &wopts)?;
     if !exclude.is_empty() {
         let excluded = Overlap::new(exclude);
-        windows.retain(|w| !excluded.touches(w.ids.as_slice()) && !excluded.touches(w.real_ids()));
+        // A padded window is checked with and without its padding; an unpadded one once.
+        windows.retain(|w| !excluded.touches(w.real_ids()) && (w.n_tokens >= w.ids.len() || !excluded.touches(&w.ids)));
     }
     let candidates = match &spec.sampler {
         SamplerKind::Random => windows.len(),
