@@ -78,7 +78,7 @@ impl HealArgs {
             "linear" | "none" => {}
             other => bail!("unknown --heal `{other}` (expected linear or none)"),
         }
-        self.fit_windows_for_hidden(768)?;
+        self.fixed_fit_windows()?;
         if self.heal_seqlen < 2 {
             bail!("--heal-seqlen {}: must be at least 2", self.heal_seqlen);
         }
@@ -97,20 +97,20 @@ impl HealArgs {
         Ok(())
     }
 
-    /// `--heal-windows` for a model of hidden size `hidden` at `--heal-seqlen`.
-    pub fn fit_windows_for_hidden(&self, hidden: usize) -> Result<usize> {
+    /// `--heal-windows` as a number of windows; `None` for `auto`.
+    fn fixed_fit_windows(&self) -> Result<Option<usize>> {
         match self.heal_windows.as_str() {
-            "auto" => Ok(evop::fit_windows_for_hidden(hidden, self.heal_seqlen)),
+            "auto" => Ok(None),
             s => match s.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(n),
+                Ok(n) if n > 0 => Ok(Some(n)),
                 _ => bail!("--heal-windows {s}: expected a positive number of windows or `auto`"),
             },
         }
     }
 
-    /// `--heal-windows` for `model`.
+    /// `--heal-windows` for `model` (`auto`: from its hidden size at `--heal-seqlen`).
     pub fn fit_windows(&self, model: &LoadedModel) -> Result<usize> {
-        self.fit_windows_for_hidden(model.lm.info().hidden_size)
+        Ok(self.fixed_fit_windows()?.unwrap_or_else(|| evop::fit_windows_for_hidden(model.lm.info().hidden_size, self.heal_seqlen)))
     }
 
     /// `--heal-corpus-share` as a number, `None` for `pooled`.
