@@ -1,5 +1,6 @@
 //! all-MiniLM-L6-v2 through candle matches sentence-transformers (fixture written by
-//! scripts/make_fixtures.py) within 1e-4 cosine; padding to the longest in a batch changes nothing.
+//! scripts/make_fixtures.py) within 1e-4 cosine; padding to the longest in a batch changes nothing;
+//! batches embedded concurrently give the bits of each batch alone.
 use evop_data::{MiniLm, MiniLmOptions};
 use ndarray::Array2;
 
@@ -35,6 +36,14 @@ fn minilm_matches_the_sentence_transformers_fixture() -> anyhow::Result<()> {
     }
 
     eprintln!("MiniLM vs sentence-transformers: min cosine {min_cos:.8} over {} sentences", sentences.len());
+
+    // Batches run concurrently: each batch's rows are bit for bit those of the batch run alone.
+    for (c, chunk) in sentences.chunks(3).enumerate() {
+        let alone = model.embed_texts(chunk)?;
+        for (j, row) in alone.rows().into_iter().enumerate() {
+            assert_eq!(row, got.row(3 * c + j), "sentence {}: concurrent batch differs from the batch alone", 3 * c + j);
+        }
+    }
 
     // One at a time (no padding at all) gives the same rows as padded batches.
     for (i, s) in sentences.iter().enumerate() {

@@ -119,26 +119,38 @@ impl MiniLm {
     }
 
     /// Embeds texts, `batch_size` at a time: `(texts.len(), 384)`, rows L2-normalised.
-    pub fn embed_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Array2<f32>> {
+    ///
+    /// Batches run concurrently on rayon's pool: candle's CPU matrix products are threaded but its
+    /// element-wise ops (GELU's erf, softmax's exp, layer norm) are not, so one batch at a time
+    /// leaves all cores but one idle for about half of each forward. Each batch's numbers do not
+    /// depend on what runs beside it, so the embeddings are the same either way.
+    pub fn embed_texts<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Array2<f32>> {
+        use rayon::prelude::*;
+        let batches: Vec<Array2<f32>> =
+            texts.par_chunks(self.options.batch_size).map(|chunk| self.embed_batch(chunk)).collect::<Result<_>>()?;
         let mut out = Array2::zeros((texts.len(), self.dim));
-        for (c, chunk) in texts.chunks(self.options.batch_size).enumerate() {
-            let inputs: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
-            let enc = self.tokenizer.encode_batch(inputs, true).map_err(|e| DataError::Tokenizer(e.to_string()))?;
-            let (b, s) = (enc.len(), enc[0].len());
-            let ids: Vec<u32> = enc.iter().flat_map(|e| e.get_ids().iter().copied()).collect();
-            let mask: Vec<u32> = enc.iter().flat_map(|e| e.get_attention_mask().iter().copied()).collect();
-            let n_tokens: Vec<usize> = enc.iter().map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count()).collect();
-            let dev = &self.options.device;
-            let ids = Tensor::from_vec(ids, (b, s), dev)?;
-            let mask = Tensor::from_vec(mask, (b, s), dev)?;
-            let types = ids.zeros_like()?;
-            let hidden = self.model.forward(&ids, &types, Some(&mask))?;
-            // Right padding: real tokens are the first n_tokens positions.
-            let pooled = masked_mean(&hidden, &n_tokens, true)?;
+        for (c, pooled) in batches.iter().enumerate() {
             let start = c * self.options.batch_size;
-            out.slice_mut(ndarray::s![start..start + b, ..]).assign(&pooled);
+            out.slice_mut(ndarray::s![start..start + pooled.nrows(), ..]).assign(pooled);
         }
         Ok(out)
+    }
+
+    /// One forward pass over at most `batch_size` texts: `(chunk.len(), 384)`, rows L2-normalised.
+    fn embed_batch<S: AsRef<str>>(&self, chunk: &[S]) -> Result<Array2<f32>> {
+        let inputs: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
+        let enc = self.tokenizer.encode_batch(inputs, true).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let (b, s) = (enc.len(), enc[0].len());
+        let ids: Vec<u32> = enc.iter().flat_map(|e| e.get_ids().iter().copied()).collect();
+        let mask: Vec<u32> = enc.iter().flat_map(|e| e.get_attention_mask().iter().copied()).collect();
+        let n_tokens: Vec<usize> = enc.iter().map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count()).collect();
+        let dev = &self.options.device;
+        let ids = Tensor::from_vec(ids, (b, s), dev)?;
+        let mask = Tensor::from_vec(mask, (b, s), dev)?;
+        let types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        // Right padding: real tokens are the first n_tokens positions.
+        masked_mean(&hidden, &n_tokens, true)
     }
 
     /// The text MiniLM sees for a window: its real ids decoded by the window tokenizer.
