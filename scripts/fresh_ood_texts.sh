@@ -12,6 +12,10 @@
 #                      dictobject.h, pyerrors.h, listobject.h (C code and its comments)
 #   code-perl.txt      Perl 5.36's Getopt::Long, File::Temp, File::Find, Text::Balanced (Perl code and POD)
 #   prose-perldiag.txt Perl 5.36's perldiag.pod: every diagnostic message explained (technical prose)
+# and a fourth set, built and sealed on 2026-12-07 (a later session) before any healer ran on it:
+#   code-cmake.txt     CMake 3.25's ExternalProject, FetchContent and FindMPI modules (CMake code, RST comments)
+#   code-js.txt        npm's install, exec, audit, config, cache, ci, init, doctor commands (JavaScript)
+#   prose-npmdocs.txt  npm's documentation of npm install, update, audit, link, exec (Markdown technical prose)
 # Usage: scripts/fresh_ood_texts.sh OUT_DIR    (prints each file's size and sha256)
 set -euo pipefail
 out=${1:?usage: scripts/fresh_ood_texts.sh OUT_DIR}
@@ -49,5 +53,19 @@ for f in Getopt/Long.pm File/Temp.pm File/Find.pm Text/Balanced.pm; do
 done > "$out/code-perl.txt.tmp" && mv "$out/code-perl.txt.tmp" "$out/code-perl.txt"
 [ -f "$pl/pod/perldiag.pod" ] || { echo "missing $pl/pod/perldiag.pod (Debian's perl-modules-5.36)" >&2; exit 1; }
 cp "$pl/pod/perldiag.pod" "$out/prose-perldiag.txt.tmp" && mv "$out/prose-perldiag.txt.tmp" "$out/prose-perldiag.txt"
-set -- code-stdlib.txt prose-licenses.txt code-rust.txt prose-pyref.txt prose-gitnotes.txt code-c.txt code-perl.txt prose-perldiag.txt
+cm=/usr/share/cmake-3.25/Modules
+for f in ExternalProject.cmake FetchContent.cmake FindMPI.cmake; do
+  [ -f "$cm/$f" ] || { echo "missing $cm/$f (Debian's cmake-data 3.25)" >&2; exit 1; }
+  cat "$cm/$f"; printf '\n\n'
+done > "$out/code-cmake.txt.tmp" && mv "$out/code-cmake.txt.tmp" "$out/code-cmake.txt"
+npm=/usr/lib/node_modules/npm
+for f in install exec audit config cache ci init doctor; do
+  [ -f "$npm/lib/commands/$f.js" ] || { echo "missing $npm/lib/commands/$f.js (Node.js's npm)" >&2; exit 1; }
+  cat "$npm/lib/commands/$f.js"; printf '\n\n'
+done > "$out/code-js.txt.tmp" && mv "$out/code-js.txt.tmp" "$out/code-js.txt"
+for f in install update audit link exec; do
+  [ -f "$npm/docs/content/commands/npm-$f.md" ] || { echo "missing $npm/docs/content/commands/npm-$f.md (Node.js's npm)" >&2; exit 1; }
+  cat "$npm/docs/content/commands/npm-$f.md"; printf '\n\n'
+done > "$out/prose-npmdocs.txt.tmp" && mv "$out/prose-npmdocs.txt.tmp" "$out/prose-npmdocs.txt"
+set -- code-stdlib.txt prose-licenses.txt code-rust.txt prose-pyref.txt prose-gitnotes.txt code-c.txt code-perl.txt prose-perldiag.txt code-cmake.txt code-js.txt prose-npmdocs.txt
 (cd "$out" && wc -c "$@" && sha256sum "$@")
