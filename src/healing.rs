@@ -23,28 +23,32 @@ pub struct HealDataSpec {
 
 impl Default for HealDataSpec {
     /// 64 fit windows and 16 guard windows of 128 tokens (8,192 + 2,048 tokens), CCDS with
-    /// MiniLM over 512 candidate windows.
+    /// MiniLM over at least 256 candidate windows (4 per window drawn).
     fn default() -> Self {
         Self {
             fit_windows: 64,
             guard_windows: 16,
             seqlen: 128,
-            sampler: SamplerKind::Ccds { embedder: EmbedderKind::MiniLm, k: None, pool: 512 },
+            sampler: SamplerKind::Ccds { embedder: EmbedderKind::MiniLm, k: None, pool: 256 },
         }
     }
 }
 
 /// Fit windows for a model of hidden size `hidden` at `seqlen` tokens per window: enough that
-/// every column of the `hidden x hidden` patch has at least as many fitting tokens per unknown as
-/// 64 windows of 128 tokens give a hidden size of 768 (about 10.7), never fewer than 64 windows,
-/// rounded up to a multiple of 8. SmolLM2-135M (576): 64; Qwen2.5-Coder-0.5B (896): 80;
-/// Qwen2.5-Coder-1.5B (1536): 128. The 1.5B's patch fitted on 64 windows closed 2% of the prose
-/// gap out of domain, on 128 windows 10% (docs/healing.md).
+/// every column of the `hidden x hidden` patch has as many fitting tokens per unknown as 128
+/// windows of 128 tokens give a hidden size of 768 (about 21), never fewer than 64 windows,
+/// rounded up to a multiple of 16. SmolLM2-135M (576): 96; Qwen2.5-Coder-0.5B (896): 160;
+/// Qwen2.5-Coder-1.5B (1536): 256. Half of that (the rule before 2026-12-07's last change)
+/// closed 4% of the gap out of domain on the 0.5B's 30% mask, this rule 8-10% (docs/healing.md).
 pub fn fit_windows_for_hidden(hidden: usize, seqlen: usize) -> usize {
-    let tokens = 64 * 128 * hidden.max(1) / 768;
+    let tokens = 128 * 128 * hidden.max(1) / 768;
     let windows = tokens.div_ceil(seqlen.max(1)).max(64);
-    windows.div_ceil(8) * 8
+    windows.div_ceil(16) * 16
 }
+
+/// Candidate windows a CCDS draw of the healer embeds per window it draws (at least
+/// [`HealDataSpec::sampler`]'s pool).
+const CANDIDATES_PER_WINDOW: usize = 4;
 
 /// Seed offset so the healer's windows are drawn independently of the search's.
 const HEAL_SEED: u64 = 0x4EA1_0000;
@@ -61,7 +65,7 @@ pub fn build_heal_data(model: &LoadedModel, pool: &Corpus, spec: &HealDataSpec, 
     let seqlen = spec.seqlen.min(model.lm.info().max_positions);
     let draw = |total: usize| {
         let sampler = match &spec.sampler {
-            SamplerKind::Ccds { embedder, k, pool } => SamplerKind::Ccds { embedder: embedder.clone(), k: *k, pool: (*pool).max(2 * total) },
+            SamplerKind::Ccds { embedder, k, pool } => SamplerKind::Ccds { embedder: embedder.clone(), k: *k, pool: (*pool).max(CANDIDATES_PER_WINDOW * total) },
             other => other.clone(),
         };
         build_calibration(model, pool, &CalibrationSpec { windows: total, seqlen, sampler }, seed ^ HEAL_SEED)
@@ -196,16 +200,17 @@ mod tests {
 
     #[test]
     fn fit_windows_grow_with_the_hidden_size() {
-        assert_eq!(fit_windows_for_hidden(576, 128), 64);
-        assert_eq!(fit_windows_for_hidden(768, 128), 64);
-        assert_eq!(fit_windows_for_hidden(896, 128), 80);
-        assert_eq!(fit_windows_for_hidden(1536, 128), 128);
-        assert_eq!(fit_windows_for_hidden(1536, 256), 64);
+        assert_eq!(fit_windows_for_hidden(576, 128), 96);
+        assert_eq!(fit_windows_for_hidden(768, 128), 128);
+        assert_eq!(fit_windows_for_hidden(896, 128), 160);
+        assert_eq!(fit_windows_for_hidden(1536, 128), 256);
+        assert_eq!(fit_windows_for_hidden(1536, 256), 128);
+        assert_eq!(fit_windows_for_hidden(64, 128), 64);
         let mut last = 0;
         for h in (64..8192).step_by(64) {
             let w = fit_windows_for_hidden(h, 128);
-            assert!(w >= 64 && w % 8 == 0 && w >= last, "hidden {h}: {w}");
-            assert!(w * 128 * 768 >= 64 * 128 * h, "hidden {h}: {w} windows give fewer tokens per unknown than 768 gets");
+            assert!(w >= 64 && w % 16 == 0 && w >= last, "hidden {h}: {w}");
+            assert!(w * 128 * 768 >= 128 * 128 * h, "hidden {h}: {w} windows give fewer tokens per unknown than 768 gets");
             last = w;
         }
     }

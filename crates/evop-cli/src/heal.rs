@@ -20,8 +20,8 @@ pub struct HealArgs {
     #[arg(long, default_value = "linear")]
     pub heal: String,
     /// Windows the patches are fitted on, CCDS-drawn from the calibration pool: a number, or
-    /// `auto` (64 windows of 128 tokens per 768 of hidden size, at least 64: SmolLM2 64,
-    /// Qwen2.5-Coder-0.5B 80, -1.5B 128; docs/healing.md).
+    /// `auto` (128 windows of 128 tokens per 768 of hidden size, at least 64, a multiple of 16:
+    /// SmolLM2 96, Qwen2.5-Coder-0.5B 160, -1.5B 256; docs/healing.md).
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     pub heal_windows: String,
     /// Held-back windows (one per cluster in turn) each patch must improve to be kept; 0 turns
