@@ -28,8 +28,9 @@ from collections import defaultdict
 ROWS_SUFFIX = ".rows.jsonl"
 # Blocks of the models the rows name (docs/data.md); the rows do not carry it.
 BLOCKS = {"smollm2-135m": 30, "qwen2.5-coder-0.5b": 24, "qwen2.5-coder-1.5b": 28}
-# The committed CUDA rows all come from one H200 (the rows say only "cuda").
-WHERE = {"cuda": "one H200", "cpu": "CPU"}
+# The CUDA rows of 2026-12-04 come from one H200 (they say only "cuda"); the H100 rows of
+# 2026-12-07 (*-gpu-portfolio) were marked "cuda:h100" after the run, from the device's reply.
+WHERE = {"cuda": "one H200", "cuda:h100": "one H100", "cpu": "CPU"}
 
 mean = lambda xs: statistics.fmean(xs)
 
@@ -151,7 +152,8 @@ def plot(path, model, device, dtype, n, methods):
     sleb = {int(k.split(':')[1]): v for k, v in methods.items() if k.startswith("sleb:")}
     configs = [(m, v) for m, v in methods.items() if not m.startswith("sleb:")]
     finals = [r for v in methods.values() for r in v]
-    anytime = [p for _, v in configs for r in v for p in r["anytime"]]
+    # Anytime points whose mask was not scored (null) are left out.
+    anytime = [p for _, v in configs for r in v for p in r["anytime"] if p[1] is not None]
     # x: every time drawn; y: the final answers (and anytime's lowest value), anytime clipped above.
     xs = [r["seconds"] for r in finals] + [t for t, _ in anytime]
     xmin, xmax = nice_log_bounds(min(xs), max(xs))
@@ -201,7 +203,7 @@ def plot(path, model, device, dtype, n, methods):
     for (m, v), (color, _) in zip(configs, styles):
         for r in sorted(v, key=lambda r: r["seed"]):
             pts, last = [], None
-            for t, p in r["anytime"]:
+            for t, p in (q for q in r["anytime"] if q[1] is not None):
                 if last is not None:
                     pts.append((t, last))
                 pts.append((t, p))
