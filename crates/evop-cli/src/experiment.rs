@@ -68,9 +68,10 @@ pub struct ExperimentArgs {
     /// Stop after this many generations without improvement (0: never); default from --preset.
     #[arg(long)]
     pub stalled: Option<u64>,
-    /// Stop after this many fitness evaluations (a count; for seconds see --time-budget).
-    #[arg(long)]
-    pub budget: Option<u64>,
+    /// One budget for the run: seconds with a unit (`300s`, `5m`: EvoP's searches and decision
+    /// share them, as --time-budget) or a bare number of fitness evaluations (`2000`).
+    #[arg(long, value_name = "N|Ns|Nm", value_parser = parse_budget)]
+    pub budget: Option<Budget>,
     /// EvoP: one time budget in seconds for the searches and the decision together: the greedy
     /// seed and SLEB inside the run go first (timed), the decision is given its estimated scoring
     /// time (from their seconds per candidate and window), the GA the rest (it stops after the
@@ -256,7 +257,7 @@ impl ExperimentArgs {
                 self.portfolio_sleb_windows, self.decision_seqlen(), self.decision_loss
             ),
         };
-        let budget = self.time_budget.map_or(String::new(), |b| format!("; time budget {b} s"));
+        let budget = self.time_budget_s().map_or(String::new(), |b| format!("; time budget {b} s"));
         format!(
             "preset {}: seeded by {} on {} tokens per screening window, population {}, stop after {} stalled generations, {} finalists{decision}{budget}",
             self.preset.name(&self.model.device),
@@ -354,6 +355,14 @@ impl ExperimentArgs {
     }
 
     /// The decision stage's settings (`None`: off).
+    /// The run's time budget in seconds: `--time-budget`, or `--budget` given in seconds.
+    pub fn time_budget_s(&self) -> Option<f64> {
+        match self.budget {
+            Some(Budget::Seconds(s)) => Some(s),
+            _ => self.time_budget,
+        }
+    }
+
     pub fn decision_spec(&self) -> Result<Option<evop::DecisionSpec>> {
         if self.decision_windows == 0 {
             return Ok(None);
@@ -365,7 +374,10 @@ impl ExperimentArgs {
         };
         let spec = evop::DecisionSpec { windows: self.decision_windows, seqlen: self.decision_seqlen(), pool: self.pool.max(self.decision_windows).min(256.max(self.decision_windows)), loss, ccds: self.calib == "ccds" };
         spec.check().map_err(|e| anyhow::anyhow!("--decision-windows {} --decision-seqlen {}: {e}", self.decision_windows, spec.seqlen))?;
-        if let Some(b) = self.time_budget {
+        if let (Some(Budget::Seconds(_)), Some(t)) = (self.budget, self.time_budget) {
+            bail!("--budget in seconds and --time-budget {t} both set a time budget: give one");
+        }
+        if let Some(b) = self.time_budget_s() {
             if !(b.is_finite() && b > 0.0) {
                 bail!("--time-budget {b}: must be a positive number of seconds");
             }
@@ -384,7 +396,10 @@ impl ExperimentArgs {
             population: self.population(),
             generations: self.generations,
             stalled: (self.stalled() > 0).then_some(self.stalled()),
-            budget: self.budget,
+            budget: match self.budget {
+                Some(Budget::Evaluations(n)) => Some(n),
+                _ => None,
+            },
             screening: self.screening()?,
             ..SearchSpec::default()
         })
@@ -573,13 +588,13 @@ pub fn run_evop(
             also.push((name.clone(), r.removed()));
         }
     }
-    if let (Some(b), Some(d)) = (args.time_budget, &decision) {
+    if let (Some(b), Some(d)) = (args.time_budget_s(), &decision) {
         let candidates = args.finalists() + 2 + also.len();
         // Seconds per candidate and window scale with the window's tokens.
         let per_decision_window = per_candidate_window * d.seqlen as f64 / args.seqlen.max(1) as f64;
         let decide_estimate = if per_decision_window.is_finite() { per_decision_window * (candidates * d.windows) as f64 } else { 0.0 };
         spec.time_limit_s = Some((b - start.elapsed().as_secs_f64() - decide_estimate).max(0.0));
-    } else if let Some(b) = args.time_budget {
+    } else if let Some(b) = args.time_budget_s() {
         spec.time_limit_s = Some((b - start.elapsed().as_secs_f64()).max(0.0));
     }
     let (report, distributed) = search(spec)?;
@@ -709,4 +724,45 @@ pub fn evaluate(args: &ExperimentArgs, setup: &Setup, mask: &BlockMask, label: &
     let r = evop::evaluate(setup.model.lm.as_ref(), &setup.eval, mask, args.batch_size)?;
     s.finish_and_clear();
     Ok(r)
+}
+
+/// `--budget`: fitness evaluations, or seconds for the whole search and decision.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    Evaluations(u64),
+    Seconds(f64),
+}
+
+/// Parses `--budget`: `2000` (evaluations), `300s` or `5m` (seconds).
+fn parse_budget(s: &str) -> std::result::Result<Budget, String> {
+    let t = s.trim();
+    let seconds = |v: &str, scale: f64| match v.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(Budget::Seconds(x * scale)),
+        _ => Err(format!("`{s}`: expected a positive number before the unit")),
+    };
+    if let Some(v) = t.strip_suffix('s') {
+        seconds(v, 1.0)
+    } else if let Some(v) = t.strip_suffix('m') {
+        seconds(v, 60.0)
+    } else {
+        match t.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Budget::Evaluations(n)),
+            _ => Err(format!("`{s}`: expected a number of evaluations (2000) or seconds with a unit (300s, 5m)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse_as_evaluations_or_seconds() {
+        assert_eq!(parse_budget("2000"), Ok(Budget::Evaluations(2000)));
+        assert_eq!(parse_budget("300s"), Ok(Budget::Seconds(300.0)));
+        assert_eq!(parse_budget("2.5m"), Ok(Budget::Seconds(150.0)));
+        for bad in ["0", "-3s", "fast", "s", "1h", "0m"] {
+            assert!(parse_budget(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -173,8 +173,9 @@ pub fn check_settings(args: &Args) -> Result<()> {
             bail!("--also evop: EvoP's finalists are candidates already; name baselines");
         }
     }
-    if args.exp.time_budget.is_some() && args.method != "evop" {
-        bail!("--time-budget applies to EvoP (--method evop), not to --method {}", args.method);
+    if args.exp.time_budget_s().is_some() && args.method != "evop" {
+        let flag = if matches!(args.exp.budget, Some(crate::experiment::Budget::Seconds(_))) { "--budget in seconds" } else { "--time-budget" };
+        bail!("{flag} applies to EvoP (--method evop), not to --method {}", args.method);
     }
     if let Some(s) = args.sparsity.filter(|s| !(*s > 0.0 && *s < 1.0)) {
         bail!("--sparsity {s}: must be between 0 and 1 (exclusive)");
@@ -322,7 +323,7 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         "calibration": calib.settings,
         "calibration_clusters": calib.clusters,
         "search": { "preset": args.exp.preset.name(&args.exp.model.device), "population": args.exp.population(),
-                    "stalled": args.exp.stalled(), "finalists": args.exp.finalists(), "time_budget_s": args.exp.time_budget,
+                    "stalled": args.exp.stalled(), "finalists": args.exp.finalists(), "time_budget_s": args.exp.time_budget_s(),
                     "decision_windows": args.exp.decision_windows, "decision_loss": args.exp.decision_loss,
                     "portfolio_sleb_windows": args.exp.portfolio_sleb_windows, "portfolio_sleb_race": args.exp.portfolio_sleb_race, "also": args.exp.also },
         "decision": runs[0].detail.get("decision").cloned().unwrap_or(serde_json::Value::Null),
