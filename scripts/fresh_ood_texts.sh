@@ -22,14 +22,18 @@ out=${1:?usage: scripts/fresh_ood_texts.sh OUT_DIR}
 py=/usr/lib/python3.11
 lic=/usr/share/common-licenses
 mkdir -p "$out"
-for f in argparse.py dataclasses.py shutil.py configparser.py textwrap.py; do
-  [ -f "$py/$f" ] || { echo "missing $py/$f (needs Python 3.11's standard library)" >&2; exit 1; }
-  cat "$py/$f"; printf '\n\n'
-done > "$out/code-stdlib.txt.tmp" && mv "$out/code-stdlib.txt.tmp" "$out/code-stdlib.txt"
-for f in GPL-3 Apache-2.0 MPL-2.0 GFDL-1.3; do
-  [ -f "$lic/$f" ] || { echo "missing $lic/$f (Debian's base-files)" >&2; exit 1; }
-  cat "$lic/$f"; printf '\n\n'
-done > "$out/prose-licenses.txt.tmp" && mv "$out/prose-licenses.txt.tmp" "$out/prose-licenses.txt"
+# concat NAME DIR WHAT FILE...: DIR/FILE... joined (each followed by a blank line) into
+# $out/NAME through a temporary file; a missing file is an error naming it and WHAT provides it.
+concat() {
+  local name=$1 dir=$2 what=$3 f
+  shift 3
+  for f in "$@"; do
+    [ -f "$dir/$f" ] || { echo "missing $dir/$f ($what)" >&2; exit 1; }
+  done
+  for f in "$@"; do cat "$dir/$f"; printf '\n\n'; done > "$out/$name.tmp" && mv "$out/$name.tmp" "$out/$name"
+}
+concat code-stdlib.txt "$py" "needs Python 3.11's standard library" argparse.py dataclasses.py shutil.py configparser.py textwrap.py
+concat prose-licenses.txt "$lic" "Debian's base-files" GPL-3 Apache-2.0 MPL-2.0 GFDL-1.3
 rx=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/regex-syntax-0.8.12 2>/dev/null | head -1)
 [ -n "$rx" ] || { echo "missing regex-syntax-0.8.12 in the cargo registry (cargo fetch in this workspace brings it)" >&2; exit 1; }
 for f in "$rx"/src/hir/*.rs; do cat "$f"; printf '\n\n'; done > "$out/code-rust.txt.tmp" && mv "$out/code-rust.txt.tmp" "$out/code-rust.txt"
@@ -42,30 +46,15 @@ for v in 30 31 32 33 34 35 36 37 38 39; do
   zcat -f "$f"; printf '\n\n'
 done > "$out/prose-gitnotes.txt.tmp" && mv "$out/prose-gitnotes.txt.tmp" "$out/prose-gitnotes.txt"
 inc=/usr/include/python3.11
-for f in object.h abstract.h unicodeobject.h longobject.h dictobject.h pyerrors.h listobject.h; do
-  [ -f "$inc/$f" ] || { echo "missing $inc/$f (Debian's libpython3.11-dev)" >&2; exit 1; }
-  cat "$inc/$f"; printf '\n\n'
-done > "$out/code-c.txt.tmp" && mv "$out/code-c.txt.tmp" "$out/code-c.txt"
+concat code-c.txt "$inc" "Debian's libpython3.11-dev" object.h abstract.h unicodeobject.h longobject.h dictobject.h pyerrors.h listobject.h
 pl=/usr/share/perl/5.36
-for f in Getopt/Long.pm File/Temp.pm File/Find.pm Text/Balanced.pm; do
-  [ -f "$pl/$f" ] || { echo "missing $pl/$f (Debian's perl-modules-5.36)" >&2; exit 1; }
-  cat "$pl/$f"; printf '\n\n'
-done > "$out/code-perl.txt.tmp" && mv "$out/code-perl.txt.tmp" "$out/code-perl.txt"
+concat code-perl.txt "$pl" "Debian's perl-modules-5.36" Getopt/Long.pm File/Temp.pm File/Find.pm Text/Balanced.pm
 [ -f "$pl/pod/perldiag.pod" ] || { echo "missing $pl/pod/perldiag.pod (Debian's perl-modules-5.36)" >&2; exit 1; }
 cp "$pl/pod/perldiag.pod" "$out/prose-perldiag.txt.tmp" && mv "$out/prose-perldiag.txt.tmp" "$out/prose-perldiag.txt"
 cm=/usr/share/cmake-3.25/Modules
-for f in ExternalProject.cmake FetchContent.cmake FindMPI.cmake; do
-  [ -f "$cm/$f" ] || { echo "missing $cm/$f (Debian's cmake-data 3.25)" >&2; exit 1; }
-  cat "$cm/$f"; printf '\n\n'
-done > "$out/code-cmake.txt.tmp" && mv "$out/code-cmake.txt.tmp" "$out/code-cmake.txt"
+concat code-cmake.txt "$cm" "Debian's cmake-data 3.25" ExternalProject.cmake FetchContent.cmake FindMPI.cmake
 npm=/usr/lib/node_modules/npm
-for f in install exec audit config cache ci init doctor; do
-  [ -f "$npm/lib/commands/$f.js" ] || { echo "missing $npm/lib/commands/$f.js (Node.js's npm)" >&2; exit 1; }
-  cat "$npm/lib/commands/$f.js"; printf '\n\n'
-done > "$out/code-js.txt.tmp" && mv "$out/code-js.txt.tmp" "$out/code-js.txt"
-for f in install update audit link exec; do
-  [ -f "$npm/docs/content/commands/npm-$f.md" ] || { echo "missing $npm/docs/content/commands/npm-$f.md (Node.js's npm)" >&2; exit 1; }
-  cat "$npm/docs/content/commands/npm-$f.md"; printf '\n\n'
-done > "$out/prose-npmdocs.txt.tmp" && mv "$out/prose-npmdocs.txt.tmp" "$out/prose-npmdocs.txt"
+concat code-js.txt "$npm/lib/commands" "Node.js's npm" install.js exec.js audit.js config.js cache.js ci.js init.js doctor.js
+concat prose-npmdocs.txt "$npm/docs/content/commands" "Node.js's npm" npm-install.md npm-update.md npm-audit.md npm-link.md npm-exec.md
 set -- code-stdlib.txt prose-licenses.txt code-rust.txt prose-pyref.txt prose-gitnotes.txt code-c.txt code-perl.txt prose-perldiag.txt code-cmake.txt code-js.txt prose-npmdocs.txt
 (cd "$out" && wc -c "$@" && sha256sum "$@")

@@ -354,7 +354,6 @@ impl ExperimentArgs {
         self.decision_seqlen.unwrap_or(self.seqlen)
     }
 
-    /// The decision stage's settings (`None`: off).
     /// The run's time budget in seconds: `--time-budget`, or `--budget` given in seconds.
     pub fn time_budget_s(&self) -> Option<f64> {
         match self.budget {
@@ -363,6 +362,7 @@ impl ExperimentArgs {
         }
     }
 
+    /// The decision stage's settings (`None`: off).
     pub fn decision_spec(&self) -> Result<Option<evop::DecisionSpec>> {
         if self.decision_windows == 0 {
             return Ok(None);
