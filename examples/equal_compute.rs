@@ -19,8 +19,9 @@
 //!   the one-shot perplexity ranking instead of SLEB's greedy answer; `:tN` computes the seed on
 //!   the first N tokens of each screening window (e.g. `mf:kl:4/16/4:p16:s4:t64`, the `quick`
 //!   preset of `evop prune`); `:bo` runs the GA with block-order operators
-//!   (`evop::GaOperators::BlockOrder`).
-//! - `portfolio:R:D:MF` (e.g. `portfolio:1:16:mf:kl:4/16/4:p16:s4:ppl`, the CPU default of
+//!   (`evop::GaOperators::BlockOrder`); `:nb` starts the GA from mutants of its seeds instead of
+//!   random masks (`evop::SearchSpec::init_near_seeds`).
+//! - `portfolio:R:D:MF` (e.g. `portfolio:16/3/4:16:mf:kl:4/16/4:p16:s3:none:nb`, the CPU default of
 //!   `evop prune`): the decision stage over every searcher's answers (`evop::decision`). Timed
 //!   from the windows to the answer: the greedy seed of MF on its screening windows, SLEB on its
 //!   own protocol on the first R random windows of the seed's random draw (mean NLL), the GA of
@@ -129,6 +130,10 @@ struct Args {
     /// Skip the dense model's evaluation (only printed).
     #[arg(long)]
     skip_dense: bool,
+    /// Portfolio: skip the `sleb@` row (SLEB given the portfolio's seconds), e.g. where earlier
+    /// rows of the same cells hold it.
+    #[arg(long)]
+    skip_sleb_at_equal_time: bool,
     /// Output stem: rows go to STEM.rows.jsonl.
     #[arg(long, default_value = "equal-compute")]
     out: PathBuf,
@@ -158,11 +163,13 @@ struct GaShape {
     seed_tokens: Option<usize>,
     /// The GA's variation operators (`bo`: block order).
     operators: GaOperators,
+    /// `nb`: the GA's initial population is mutants of its seeds, not random masks.
+    near_seeds: bool,
 }
 
 impl Default for GaShape {
     fn default() -> Self {
-        Self { population: 32, stalled: 8, seed: "sleb", seed_tokens: None, operators: GaOperators::Uniform }
+        Self { population: 32, stalled: 8, seed: "sleb", seed_tokens: None, operators: GaOperators::Uniform, near_seeds: false }
     }
 }
 
@@ -173,6 +180,10 @@ impl GaShape {
         for p in parts {
             if *p == "ppl" || *p == "none" {
                 shape.seed = if *p == "ppl" { "ppl" } else { "none" };
+                continue;
+            }
+            if *p == "nb" {
+                shape.near_seeds = true;
                 continue;
             }
             if *p == "bo" || *p == "op" {
@@ -206,6 +217,9 @@ impl GaShape {
             GaOperators::BlockOrder => s += ":bo",
             GaOperators::OnePoint => s += ":op",
             GaOperators::Uniform => {}
+        }
+        if self.near_seeds {
+            s += ":nb";
         }
         s
     }
@@ -564,6 +578,7 @@ fn main() -> Result<()> {
                         population: shape.population,
                         stalled: Some(shape.stalled),
                         operators: shape.operators,
+                        init_near_seeds: shape.near_seeds,
                         seed_masks: seeds,
                         screening: Some(screening),
                         ..ga
@@ -639,7 +654,7 @@ fn main() -> Result<()> {
                         ..base(n, seed, name.clone(), calib.len() * args.seqlen + *decision * dseqlen + sleb_windows * args.seqlen)
                     })?;
                     // SLEB given the portfolio's seconds, on the same random draw.
-                    if *sleb_windows > 0 {
+                    if *sleb_windows > 0 && !args.skip_sleb_at_equal_time {
                         // SLEB's seconds per window: from its run inside the portfolio, or, when
                         // that run was raced, from racing's share of SLEB's candidate-windows; a
                         // guess off by more than 15% of the portfolio's seconds is redone (at most
@@ -678,7 +693,13 @@ fn main() -> Result<()> {
                         let seeder = ga.seed_pruner(shape.seed, l)?.prune(&lm, &seed_data, n)?;
                         let (seed_mask, seed_forwards) = (seeder.removed(), seeder.counts.block_forwards);
                         let screening = Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists };
-                        let ga = SearchSpec { population: shape.population, stalled: Some(shape.stalled), operators: shape.operators, ..ga };
+                        let ga = SearchSpec {
+                            population: shape.population,
+                            stalled: Some(shape.stalled),
+                            operators: shape.operators,
+                            init_near_seeds: shape.near_seeds,
+                            ..ga
+                        };
                         (SearchSpec { seed_masks: vec![seed_mask], screening: Some(screening), ..ga }, *loss, seed_forwards)
                     }
                 };

@@ -158,6 +158,10 @@ pub struct SearchSpec {
     /// GA: the variation operators.
     #[serde(default)]
     pub operators: GaOperators,
+    /// GA: start from mutants of the seed masks instead of filling the initial population with
+    /// random masks (see `evop_search::GaParams::init_near_seeds`). Default `false`.
+    #[serde(default)]
+    pub init_near_seeds: bool,
     /// Stop after the generation running this many seconds after the search started (a time
     /// budget; `None`: no limit). Where it binds, the answer depends on the machine's speed.
     #[serde(default)]
@@ -208,6 +212,7 @@ impl Default for SearchSpec {
             memoize: true,
             immigrants: Some(0.0),
             operators: GaOperators::Uniform,
+            init_near_seeds: false,
             time_limit_s: None,
         }
     }
@@ -577,7 +582,8 @@ impl SearchJob {
     /// The GA of [`SearchSpec`] (population, immigrants, operators).
     fn ga(&self) -> Result<evop_search::Ga<Tournament, Box<dyn evop_search::Crossover>, Box<dyn evop_search::Mutation>>> {
         let ops = self.search.operators;
-        let mut params = GaParams::new().population(self.search.population).crossover(ops.crossover()).mutation(ops.mutation());
+        let mut params =
+            GaParams::new().population(self.search.population).init_near_seeds(self.search.init_near_seeds).crossover(ops.crossover()).mutation(ops.mutation());
         if let Some(f) = self.search.immigrants {
             params = params.immigrants(f);
         }

@@ -127,6 +127,11 @@ pub struct ExperimentArgs {
     /// screening; default from --preset.
     #[arg(long)]
     pub finalists: Option<usize>,
+    /// The GA's first population besides its seeds: `near-seeds` (mutants of the seeds) or
+    /// `random` (uniformly random masks); default from --preset (`near-seeds` for `quick` with the
+    /// decision stage, else `random`).
+    #[arg(long, value_name = "INIT", value_parser = ["near-seeds", "random"])]
+    pub ga_init: Option<String>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -160,8 +165,9 @@ pub enum Preset {
     Auto,
     /// SLEB seed, population 32, stop after 8 stalled generations, 8 finalists.
     Full,
-    /// With the decision stage (the default): SLEB on 4 random windows seeds the GA, population
-    /// 16, stop after 3 stalled generations, 4 finalists; without it (--decision-windows 0):
+    /// With the decision stage (the default): SLEB inside the run (--portfolio-sleb-windows) seeds
+    /// the GA, whose first population is mutants of its seeds (--ga-init), population 16, stop
+    /// after 3 stalled generations, 4 finalists; without it (--decision-windows 0):
     /// one-shot perplexity seed, population 16, stop after 4 stalled generations, 4 finalists.
     Quick,
 }
@@ -174,6 +180,8 @@ pub struct PresetShape {
     pub population: usize,
     pub stalled: u64,
     pub finalists: usize,
+    /// The GA starts from mutants of its seeds (`evop::SearchSpec::init_near_seeds`), not random masks.
+    pub near_seeds: bool,
 }
 
 impl Preset {
@@ -188,8 +196,8 @@ impl Preset {
 
     pub fn shape(self, device: &str) -> PresetShape {
         match self.resolve(device) {
-            Preset::Quick => PresetShape { seed_with: "ppl", population: 16, stalled: 4, finalists: 4 },
-            _ => PresetShape { seed_with: "sleb", population: 32, stalled: 8, finalists: 8 },
+            Preset::Quick => PresetShape { seed_with: "ppl", population: 16, stalled: 4, finalists: 4, near_seeds: false },
+            _ => PresetShape { seed_with: "sleb", population: 32, stalled: 8, finalists: 8, near_seeds: false },
         }
     }
 
@@ -224,6 +232,15 @@ impl ExperimentArgs {
         self.finalists.unwrap_or(self.preset_shape().finalists)
     }
 
+    /// Whether the GA's first population is mutants of its seeds: --ga-init, else the preset's.
+    pub fn init_near_seeds(&self) -> bool {
+        match self.ga_init.as_deref() {
+            Some("near-seeds") => true,
+            Some(_) => false,
+            None => self.preset_shape().near_seeds,
+        }
+    }
+
     /// Baselines seeding the GA: --seed-with, else the preset's.
     pub fn seed_with(&self) -> Vec<String> {
         self.seed_with.clone().unwrap_or_else(|| vec![self.preset_shape().seed_with.to_string()])
@@ -239,7 +256,9 @@ impl ExperimentArgs {
         if self.decision_windows > 0 && self.preset.resolve(&self.model.device) == Preset::Quick {
             // The decision stage's CPU split (docs/results.md, "The decision stage"): SLEB inside
             // the run (--portfolio-sleb-windows) seeds the GA instead of the one-shot ranking.
-            return PresetShape { seed_with: "none", stalled: 3, ..shape };
+            // Its GA starts from mutants of SLEB's answer (docs/results.md, "The GA started near
+            // its seeds").
+            return PresetShape { seed_with: "none", stalled: 3, near_seeds: true, ..shape };
         }
         shape
     }
@@ -259,11 +278,12 @@ impl ExperimentArgs {
         };
         let budget = self.time_budget_s().map_or(String::new(), |b| format!("; time budget {b} s"));
         format!(
-            "preset {}: seeded by {} on {} tokens per screening window, population {}, stop after {} stalled generations, {} finalists{decision}{budget}",
+            "preset {}: seeded by {} on {} tokens per screening window, population {}{}, stop after {} stalled generations, {} finalists{decision}{budget}",
             self.preset.name(&self.model.device),
             self.seed_with().join(", "),
             self.seed_tokens(),
             self.population(),
+            if self.init_near_seeds() { " (mutants of the seeds)" } else { "" },
             self.stalled(),
             self.finalists()
         )
@@ -401,6 +421,7 @@ impl ExperimentArgs {
                 _ => None,
             },
             screening: self.screening()?,
+            init_near_seeds: self.init_near_seeds(),
             ..SearchSpec::default()
         })
     }
@@ -764,5 +785,34 @@ mod budget_tests {
         for bad in ["0", "-3s", "fast", "s", "1h", "0m"] {
             assert!(parse_budget(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod ga_init_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        exp: ExperimentArgs,
+    }
+
+    fn args(extra: &[&str]) -> ExperimentArgs {
+        Cli::try_parse_from(std::iter::once("evop").chain(extra.iter().copied())).unwrap().exp
+    }
+
+    /// The CPU default (quick with the decision stage) starts the GA near its seeds; the GPU
+    /// preset, the quick preset without the decision stage and `--ga-init random` do not.
+    #[test]
+    fn ga_init_follows_the_preset_unless_given() {
+        assert!(args(&[]).init_near_seeds());
+        assert!(args(&[]).search_spec().unwrap().init_near_seeds);
+        assert!(!args(&["--ga-init", "random"]).search_spec().unwrap().init_near_seeds);
+        assert!(!args(&["--preset", "full"]).init_near_seeds());
+        assert!(!args(&["--decision-windows", "0"]).init_near_seeds());
+        assert!(args(&["--preset", "full", "--ga-init", "near-seeds"]).init_near_seeds());
+        assert!(Cli::try_parse_from(["evop", "--ga-init", "nearby"]).is_err());
     }
 }

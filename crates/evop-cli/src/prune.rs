@@ -322,7 +322,7 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         "remove": n,
         "calibration": calib.settings,
         "calibration_clusters": calib.clusters,
-        "search": { "preset": args.exp.preset.name(&args.exp.model.device), "population": args.exp.population(),
+        "search": { "preset": args.exp.preset.name(&args.exp.model.device), "population": args.exp.population(), "init_near_seeds": args.exp.init_near_seeds(),
                     "stalled": args.exp.stalled(), "finalists": args.exp.finalists(), "time_budget_s": args.exp.time_budget_s(),
                     "decision_windows": args.exp.decision_windows, "decision_loss": args.exp.decision_loss,
                     "portfolio_sleb_windows": args.exp.portfolio_sleb_windows, "portfolio_sleb_race": args.exp.portfolio_sleb_race, "also": args.exp.also },

@@ -32,6 +32,7 @@ pub struct GaParams<S = Tournament, C = SharedRemovedCrossover, M = SwapMutation
     crossover_prob: f64,
     mutation_prob: f64,
     duplicate_retries: usize,
+    near_seeds: bool,
     selection: S,
     crossover: C,
     mutation: M,
@@ -59,6 +60,7 @@ impl GaParams {
             crossover_prob: 0.9,
             mutation_prob: 0.5,
             duplicate_retries: 8,
+            near_seeds: false,
             selection: Tournament::default(),
             crossover: SharedRemovedCrossover,
             mutation: SwapMutation::default(),
@@ -103,20 +105,29 @@ impl<S: Selection, C: Crossover, M: Mutation> GaParams<S, C, M> {
         self.duplicate_retries = n;
         self
     }
+    /// Fills the initial population with mutants of the seed masks (each a seed, in turn, after one
+    /// mutation) instead of uniformly random masks: a search that starts in the seeds'
+    /// neighbourhood (at high sparsity a random mask is so much worse than a baseline's answer
+    /// that it only ever loses the first selections). Without seed masks the population is random
+    /// as usual. Default `false`.
+    pub fn init_near_seeds(mut self, yes: bool) -> Self {
+        self.near_seeds = yes;
+        self
+    }
     /// Replaces the selection operator.
     pub fn selection<S2: Selection>(self, selection: S2) -> GaParams<S2, C, M> {
-        let GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, crossover, mutation, .. } = self;
-        GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, selection, crossover, mutation }
+        let GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, crossover, mutation, near_seeds, .. } = self;
+        GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, near_seeds, selection, crossover, mutation }
     }
     /// Replaces the crossover operator.
     pub fn crossover<C2: Crossover>(self, crossover: C2) -> GaParams<S, C2, M> {
-        let GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, selection, mutation, .. } = self;
-        GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, selection, crossover, mutation }
+        let GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, selection, mutation, near_seeds, .. } = self;
+        GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, near_seeds, selection, crossover, mutation }
     }
     /// Replaces the mutation operator.
     pub fn mutation<M2: Mutation>(self, mutation: M2) -> GaParams<S, C, M2> {
-        let GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, selection, crossover, .. } = self;
-        GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, selection, crossover, mutation }
+        let GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, selection, crossover, near_seeds, .. } = self;
+        GaParams { population, elites, immigrants, crossover_prob, mutation_prob, duplicate_retries, near_seeds, selection, crossover, mutation }
     }
 
     /// Validates the parameters.
@@ -222,7 +233,7 @@ impl<S: Selection, C: Crossover, M: Mutation> Strategy for Ga<S, C, M> {
 
     fn params(&self) -> Vec<(&'static str, String)> {
         let p = &self.p;
-        vec![
+        let mut params = vec![
             ("population", p.population.to_string()),
             ("elites", p.elites.to_string()),
             ("immigrants", self.immigrants.to_string()),
@@ -232,7 +243,12 @@ impl<S: Selection, C: Crossover, M: Mutation> Strategy for Ga<S, C, M> {
             ("selection", format!("{:?}", p.selection)),
             ("crossover", format!("{:?}", p.crossover)),
             ("mutation", format!("{:?}", p.mutation)),
-        ]
+        ];
+        // Listed only when on, so checkpoints written before the option existed still resume.
+        if p.near_seeds {
+            params.push(("init_near_seeds", "true".to_string()));
+        }
+        params
     }
 
     fn init<F: Fitness + ?Sized>(&self, seeds: &[Mask], ctx: &mut Context<'_, F>) -> Result<GaState> {
@@ -243,6 +259,19 @@ impl<S: Selection, C: Crossover, M: Mutation> Strategy for Ga<S, C, M> {
             if population.len() < self.p.population && seen.insert(m.clone()) {
                 population.push(m.clone());
             }
+        }
+        let placed = population.len();
+        let mut turn = 0;
+        while self.p.near_seeds && placed > 0 && population.len() < self.p.population {
+            let mut m: Mask = population[turn % placed].clone();
+            turn += 1;
+            self.p.mutation.mutate(space, &mut m, &mut *ctx.rng);
+            avoid_duplicate(&self.p.mutation, space, &mut m, &seen, self.p.duplicate_retries, &mut *ctx.rng);
+            if !seen.insert(m.clone()) {
+                // The neighbourhood is exhausted for now: random masks fill the rest.
+                break;
+            }
+            population.push(m);
         }
         while population.len() < self.p.population {
             let m = fresh_sample(space, &seen, 100, &mut *ctx.rng);

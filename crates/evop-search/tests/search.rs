@@ -265,6 +265,33 @@ fn seed_masks_enter_the_first_population() {
 }
 
 #[test]
+fn near_seed_initialisation_starts_in_the_seeds_neighbourhood() {
+    use rand::SeedableRng;
+    let p = PairwiseCost::random(20, 9);
+    let s = space();
+    let seed = s.sample(&mut rand::rngs::StdRng::seed_from_u64(5));
+    let first = |near: bool| {
+        let ga = GaParams::new().population(16).init_near_seeds(near).check().unwrap();
+        Search::new(s.clone(), ga).seed(3).seed_masks([seed.clone()]).until(Termination::MaxGenerations(0)).run(&p).unwrap().population
+    };
+    let near = first(true);
+    assert_eq!(near.len(), 16);
+    assert_eq!(near.iter().collect::<HashSet<_>>().len(), 16, "distinct members");
+    assert!(near.contains(&seed));
+    // One mutation of the default swap operator makes at most 3 swaps (6 bits), plus up to 8
+    // duplicate retries in the worst case: every member stays far closer than a random mask.
+    let far = |pop: &[Mask]| pop.iter().map(|m| m.hamming(&seed)).max().unwrap();
+    assert!(near.iter().filter(|m| m.hamming(&seed) <= 6).count() >= 12, "{:?}", near.iter().map(|m| m.hamming(&seed)).collect::<Vec<_>>());
+    assert!(far(&first(false)) > far(&near), "random initialisation reaches further");
+    // Without seed masks the option changes nothing.
+    let unseeded = |near: bool| {
+        let ga = GaParams::new().population(16).init_near_seeds(near).check().unwrap();
+        Search::new(s.clone(), ga).seed(3).until(Termination::MaxGenerations(0)).run(&p).unwrap().population
+    };
+    assert_eq!(unseeded(true), unseeded(false));
+}
+
+#[test]
 fn termination_criteria_stop_the_run() {
     let p = PairwiseCost::random(20, 1);
     let base = || Search::new(space(), ga()).seed(2);
