@@ -200,6 +200,17 @@ impl GaShape {
         Some(shape)
     }
 
+    /// `base` with this shape's population, stall rule, operators and initialisation.
+    fn search(&self, base: SearchSpec) -> SearchSpec {
+        SearchSpec {
+            population: self.population,
+            stalled: Some(self.stalled),
+            operators: self.operators,
+            init_near_seeds: self.near_seeds,
+            ..base
+        }
+    }
+
     /// The name suffix: empty for the defaults.
     fn suffix(&self) -> String {
         let d = Self::default();
@@ -574,15 +585,7 @@ fn main() -> Result<()> {
                     };
                     let sleb_seconds = t_sleb.elapsed().as_secs_f64();
                     let screening = Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists };
-                    let spec = SearchSpec {
-                        population: shape.population,
-                        stalled: Some(shape.stalled),
-                        operators: shape.operators,
-                        init_near_seeds: shape.near_seeds,
-                        seed_masks: seeds,
-                        screening: Some(screening),
-                        ..ga
-                    };
+                    let spec = SearchSpec { seed_masks: seeds, screening: Some(screening), ..shape.search(ga) };
                     let anytime = Anytime::default();
                     let report = Pipeline::new(&model, split.calibration.clone())
                         .remove(n)
@@ -693,14 +696,7 @@ fn main() -> Result<()> {
                         let seeder = ga.seed_pruner(shape.seed, l)?.prune(&lm, &seed_data, n)?;
                         let (seed_mask, seed_forwards) = (seeder.removed(), seeder.counts.block_forwards);
                         let screening = Screening { windows: *screen, tokens: None, position_stride: 1, finalists: *finalists };
-                        let ga = SearchSpec {
-                            population: shape.population,
-                            stalled: Some(shape.stalled),
-                            operators: shape.operators,
-                            init_near_seeds: shape.near_seeds,
-                            ..ga
-                        };
-                        (SearchSpec { seed_masks: vec![seed_mask], screening: Some(screening), ..ga }, *loss, seed_forwards)
+                        (SearchSpec { seed_masks: vec![seed_mask], screening: Some(screening), ..shape.search(ga) }, *loss, seed_forwards)
                     }
                 };
                 let report = Pipeline::new(&model, split.calibration.clone())

@@ -130,8 +130,8 @@ pub struct ExperimentArgs {
     /// The GA's first population besides its seeds: `near-seeds` (mutants of the seeds) or
     /// `random` (uniformly random masks); default from --preset (`near-seeds` for `quick` with the
     /// decision stage, else `random`).
-    #[arg(long, value_name = "INIT", value_parser = ["near-seeds", "random"])]
-    pub ga_init: Option<String>,
+    #[arg(long, value_name = "INIT")]
+    pub ga_init: Option<GaInit>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -156,6 +156,15 @@ pub struct ExperimentArgs {
     /// Windows per forward batch.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+}
+
+/// The GA's first population besides its seeds (`--ga-init`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GaInit {
+    /// Mutants of the seeds (`evop::SearchSpec::init_near_seeds`).
+    NearSeeds,
+    /// Uniformly random masks.
+    Random,
 }
 
 /// How much search EvoP does by default (`--preset`).
@@ -234,9 +243,8 @@ impl ExperimentArgs {
 
     /// Whether the GA's first population is mutants of its seeds: --ga-init, else the preset's.
     pub fn init_near_seeds(&self) -> bool {
-        match self.ga_init.as_deref() {
-            Some("near-seeds") => true,
-            Some(_) => false,
+        match self.ga_init {
+            Some(init) => init == GaInit::NearSeeds,
             None => self.preset_shape().near_seeds,
         }
     }

@@ -263,7 +263,7 @@ impl<S: Selection, C: Crossover, M: Mutation> Strategy for Ga<S, C, M> {
         let placed = population.len();
         let mut turn = 0;
         while self.p.near_seeds && placed > 0 && population.len() < self.p.population {
-            let mut m: Mask = population[turn % placed].clone();
+            let mut m = population[turn % placed].clone();
             turn += 1;
             self.p.mutation.mutate(space, &mut m, &mut *ctx.rng);
             avoid_duplicate(&self.p.mutation, space, &mut m, &seen, self.p.duplicate_retries, &mut *ctx.rng);
