@@ -82,9 +82,10 @@ pub struct ExperimentArgs {
     /// EvoP: windows of the decision stage (CCDS from the calibration pool under a distinct seed,
     /// without any window a search read) on which every searcher's answers (the GA's finalists,
     /// SLEB on its own protocol, the greedy seed, --also) are scored; the lowest wins. 0: off (the
-    /// GA's own choice among its finalists on the calibration windows, as before).
-    #[arg(long, default_value_t = 16)]
-    pub decision_windows: usize,
+    /// GA's own choice among its finalists on the calibration windows, as before). Default from
+    /// --preset: 16 for `quick`, 64 for `full`.
+    #[arg(long, value_name = "N")]
+    pub decision_windows: Option<usize>,
     /// EvoP: tokens per decision window (default: --seqlen, the calibration windows' length;
     /// the windows drawn leave out every window a search read and every window overlapping one).
     #[arg(long, value_name = "N")]
@@ -128,8 +129,8 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub finalists: Option<usize>,
     /// The GA's first population besides its seeds: `near-seeds` (mutants of the seeds) or
-    /// `random` (uniformly random masks); default from --preset (`near-seeds` for `quick` with the
-    /// decision stage, else `random`).
+    /// `random` (uniformly random masks); default from --preset (`near-seeds` with the decision
+    /// stage, else `random`).
     #[arg(long, value_name = "INIT")]
     pub ga_init: Option<GaInit>,
     /// Seed of every random choice.
@@ -172,7 +173,10 @@ pub enum GaInit {
 pub enum Preset {
     /// `full` on a GPU (CUDA, Metal), `quick` on the CPU.
     Auto,
-    /// SLEB seed, population 32, stop after 8 stalled generations, 8 finalists.
+    /// With the decision stage (the default on a GPU): SLEB inside the run seeds the GA, whose
+    /// first population is mutants of its seeds (--ga-init), population 64, stop after 8 stalled
+    /// generations, 8 finalists, 64 decision windows; without it (--decision-windows 0): SLEB
+    /// seed, random first population, population 32, 8 stalled generations, 8 finalists.
     Full,
     /// With the decision stage (the default): SLEB inside the run (--portfolio-sleb-windows) seeds
     /// the GA, whose first population is mutants of its seeds (--ga-init), population 16, stop
@@ -191,6 +195,8 @@ pub struct PresetShape {
     pub finalists: usize,
     /// The GA starts from mutants of its seeds (`evop::SearchSpec::init_near_seeds`), not random masks.
     pub near_seeds: bool,
+    /// Windows of the decision stage (0: off).
+    pub decision_windows: usize,
 }
 
 impl Preset {
@@ -205,8 +211,8 @@ impl Preset {
 
     pub fn shape(self, device: &str) -> PresetShape {
         match self.resolve(device) {
-            Preset::Quick => PresetShape { seed_with: "ppl", population: 16, stalled: 4, finalists: 4, near_seeds: false },
-            _ => PresetShape { seed_with: "sleb", population: 32, stalled: 8, finalists: 8, near_seeds: false },
+            Preset::Quick => PresetShape { seed_with: "ppl", population: 16, stalled: 4, finalists: 4, near_seeds: false, decision_windows: 16 },
+            _ => PresetShape { seed_with: "sleb", population: 32, stalled: 8, finalists: 8, near_seeds: false, decision_windows: 64 },
         }
     }
 
@@ -249,6 +255,11 @@ impl ExperimentArgs {
         }
     }
 
+    /// Windows of the decision stage (0: off): --decision-windows, else the preset's.
+    pub fn decision_windows(&self) -> usize {
+        self.decision_windows.unwrap_or(self.preset.shape(&self.model.device).decision_windows)
+    }
+
     /// Baselines seeding the GA: --seed-with, else the preset's.
     pub fn seed_with(&self) -> Vec<String> {
         self.seed_with.clone().unwrap_or_else(|| vec![self.preset_shape().seed_with.to_string()])
@@ -261,7 +272,13 @@ impl ExperimentArgs {
 
     fn preset_shape(&self) -> PresetShape {
         let shape = self.preset.shape(&self.model.device);
-        if self.decision_windows > 0 && self.preset.resolve(&self.model.device) == Preset::Quick {
+        if self.decision_windows() > 0 && self.preset.resolve(&self.model.device) == Preset::Full {
+            // The decision stage's GPU split (docs/results.md, "The GPU default, near its seeds"):
+            // SLEB inside the run seeds the GA, which starts from mutants of its seeds with a
+            // population of 64; the finalists are decided on 64 fresh windows.
+            return PresetShape { population: 64, near_seeds: true, ..shape };
+        }
+        if self.decision_windows() > 0 && self.preset.resolve(&self.model.device) == Preset::Quick {
             // The decision stage's CPU split (docs/results.md, "The decision stage"): SLEB inside
             // the run (--portfolio-sleb-windows) seeds the GA instead of the one-shot ranking.
             // Its GA starts from mutants of SLEB's answer (docs/results.md, "The GA started near
@@ -277,7 +294,7 @@ impl ExperimentArgs {
             "none" => String::new(),
             r => format!(" (raced {r})"),
         };
-        let decision = match self.decision_windows {
+        let decision = match self.decision_windows() {
             0 => String::new(),
             d => format!(
                 "; SLEB on {} random windows{race} seeds it; the finalists, SLEB's answer and the seed decided on {d} fresh CCDS windows of {} tokens ({})",
@@ -392,7 +409,8 @@ impl ExperimentArgs {
 
     /// The decision stage's settings (`None`: off).
     pub fn decision_spec(&self) -> Result<Option<evop::DecisionSpec>> {
-        if self.decision_windows == 0 {
+        let windows = self.decision_windows();
+        if windows == 0 {
             return Ok(None);
         }
         let loss = match self.decision_loss.as_str() {
@@ -400,8 +418,8 @@ impl ExperimentArgs {
             "kl" => evop::model::LossKind::KlToDense,
             other => bail!("unknown --decision-loss `{other}` (expected nll or kl)"),
         };
-        let spec = evop::DecisionSpec { windows: self.decision_windows, seqlen: self.decision_seqlen(), pool: self.pool.max(self.decision_windows).min(256.max(self.decision_windows)), loss, ccds: self.calib == "ccds" };
-        spec.check().map_err(|e| anyhow::anyhow!("--decision-windows {} --decision-seqlen {}: {e}", self.decision_windows, spec.seqlen))?;
+        let spec = evop::DecisionSpec { windows, seqlen: self.decision_seqlen(), pool: self.pool.max(windows).min(256.max(windows)), loss, ccds: self.calib == "ccds" };
+        spec.check().map_err(|e| anyhow::anyhow!("--decision-windows {windows} --decision-seqlen {}: {e}", spec.seqlen))?;
         if let (Some(Budget::Seconds(_)), Some(t)) = (self.budget, self.time_budget) {
             bail!("--budget in seconds and --time-budget {t} both set a time budget: give one");
         }
@@ -811,16 +829,34 @@ mod ga_init_tests {
         Cli::try_parse_from(std::iter::once("evop").chain(extra.iter().copied())).unwrap().exp
     }
 
-    /// The CPU default (quick with the decision stage) starts the GA near its seeds; the GPU
-    /// preset, the quick preset without the decision stage and `--ga-init random` do not.
+    /// Both defaults with the decision stage (quick on the CPU, full on a GPU) start the GA near
+    /// its seeds; either preset without the decision stage and `--ga-init random` do not.
     #[test]
     fn ga_init_follows_the_preset_unless_given() {
         assert!(args(&[]).init_near_seeds());
         assert!(args(&[]).search_spec().unwrap().init_near_seeds);
         assert!(!args(&["--ga-init", "random"]).search_spec().unwrap().init_near_seeds);
-        assert!(!args(&["--preset", "full"]).init_near_seeds());
+        assert!(args(&["--preset", "full"]).init_near_seeds());
+        assert!(!args(&["--preset", "full", "--decision-windows", "0"]).init_near_seeds());
         assert!(!args(&["--decision-windows", "0"]).init_near_seeds());
-        assert!(args(&["--preset", "full", "--ga-init", "near-seeds"]).init_near_seeds());
+        assert!(!args(&["--preset", "full", "--ga-init", "random"]).init_near_seeds());
         assert!(Cli::try_parse_from(["evop", "--ga-init", "nearby"]).is_err());
+    }
+
+    /// The GPU default (`full` with the decision stage): population 64, 8 finalists, 64 decision
+    /// windows; without the decision stage `full` keeps population 32; the CPU default decides on
+    /// 16; explicit flags win.
+    #[test]
+    fn decision_and_population_follow_the_preset_unless_given() {
+        let gpu = args(&["--preset", "full"]);
+        assert_eq!((gpu.population(), gpu.finalists(), gpu.decision_windows()), (64, 8, 64));
+        assert_eq!(gpu.decision_spec().unwrap().unwrap().windows, 64);
+        let gpu_off = args(&["--preset", "full", "--decision-windows", "0"]);
+        assert_eq!((gpu_off.population(), gpu_off.decision_windows()), (32, 0));
+        assert!(gpu_off.decision_spec().unwrap().is_none());
+        let cpu = args(&[]);
+        assert_eq!((cpu.population(), cpu.decision_windows()), (16, 16));
+        let given = args(&["--preset", "full", "--decision-windows", "24", "--population", "48"]);
+        assert_eq!((given.population(), given.decision_windows()), (48, 24));
     }
 }

@@ -324,7 +324,7 @@ pub fn run_with(args: Args, run_method: MethodRunner) -> Result<()> {
         "calibration_clusters": calib.clusters,
         "search": { "preset": args.exp.preset.name(&args.exp.model.device), "population": args.exp.population(), "init_near_seeds": args.exp.init_near_seeds(),
                     "stalled": args.exp.stalled(), "finalists": args.exp.finalists(), "time_budget_s": args.exp.time_budget_s(),
-                    "decision_windows": args.exp.decision_windows, "decision_loss": args.exp.decision_loss,
+                    "decision_windows": args.exp.decision_windows(), "decision_loss": args.exp.decision_loss,
                     "portfolio_sleb_windows": args.exp.portfolio_sleb_windows, "portfolio_sleb_race": args.exp.portfolio_sleb_race, "also": args.exp.also },
         "decision": runs[0].detail.get("decision").cloned().unwrap_or(serde_json::Value::Null),
         "dense": dense,
