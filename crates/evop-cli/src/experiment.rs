@@ -272,20 +272,20 @@ impl ExperimentArgs {
 
     fn preset_shape(&self) -> PresetShape {
         let shape = self.preset.shape(&self.model.device);
-        if self.decision_windows() > 0 && self.preset.resolve(&self.model.device) == Preset::Full {
-            // The decision stage's GPU split (docs/results.md, "The GPU default, near its seeds"):
-            // SLEB inside the run seeds the GA, which starts from mutants of its seeds with a
-            // population of 64; the finalists are decided on 64 fresh windows.
-            return PresetShape { population: 64, near_seeds: true, ..shape };
+        if self.decision_windows() == 0 {
+            return shape;
         }
-        if self.decision_windows() > 0 && self.preset.resolve(&self.model.device) == Preset::Quick {
+        match self.preset.resolve(&self.model.device) {
             // The decision stage's CPU split (docs/results.md, "The decision stage"): SLEB inside
             // the run (--portfolio-sleb-windows) seeds the GA instead of the one-shot ranking.
             // Its GA starts from mutants of SLEB's answer (docs/results.md, "The GA started near
             // its seeds").
-            return PresetShape { seed_with: "none", stalled: 3, near_seeds: true, ..shape };
+            Preset::Quick => PresetShape { seed_with: "none", stalled: 3, near_seeds: true, ..shape },
+            // The decision stage's GPU split (docs/results.md, "The GPU default, near its seeds"):
+            // SLEB inside the run seeds the GA, which starts from mutants of its seeds with a
+            // population of 64; the finalists are decided on 64 fresh windows.
+            _ => PresetShape { population: 64, near_seeds: true, ..shape },
         }
-        shape
     }
 
     /// The search settings in words, for the report's header.
