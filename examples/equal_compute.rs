@@ -26,7 +26,8 @@
 //!   from the windows to the answer: the greedy seed of MF on its screening windows, SLEB on its
 //!   own protocol on the first R random windows of the seed's random draw (mean NLL), the GA of
 //!   MF seeded with both answers, then the GA's finalists, SLEB's answer and the seed decided by
-//!   mean NLL on D CCDS windows of the calibration pool drawn under a distinct seed without any
+//!   mean NLL on D CCDS windows (`DxS`: of S tokens each; else `--decision-seqlen`) of the
+//!   calibration pool drawn under a distinct seed without any
 //!   window the searches read (their draw, like the CCDS set's, is made beforehand and reported in
 //!   `calibration_seconds`). The row `sleb@portfolio` is SLEB given the portfolio's seconds on the
 //!   same random draw (windows sized from the seconds SLEB took inside the portfolio). `R/S/K`
@@ -37,6 +38,14 @@
 //!   for choosing the decision's token count on data that is not the evaluation split: every
 //!   candidate's NLL on `--decision-study-windows` decision windows and on `--validation-windows`
 //!   random windows of 512 tokens of the calibration pool (rows: `candidates`).
+//!
+//! - `oracle:P/T`: **a bound, not a method**: the GA (population P, up to 30 generations, stop
+//!   after T stalled) whose fitness is the mean NLL on the evaluation windows themselves, i.e.
+//!   the evaluation perplexity it reports, started from mutants of every SLEB answer of the run
+//!   and every mask of `--oracle-seeds-from` for the same model and n. Its answer is the best
+//!   mask a search that could read the evaluation split finds: no pruner can be better than SLEB
+//!   by more than that on the cell (as far as the search finds it). Untimed in spirit; its seconds
+//!   are reported but compare with nothing.
 //!
 //! ```text
 //! cargo run --release --example equal_compute -- --model smollm2-135m --ns 6,9,12 --seeds 0,1,2 \
@@ -55,7 +64,7 @@ use evop::search::{GenerationReport, Observer, StopReason};
 use evop::decision::{decide, decision_windows, Candidate, DecisionSpec};
 use evop::{
     build_calibration, evaluate, CalibrationSpec, EmbedderKind, EvalSet, Objective, Pipeline, SamplerKind, Screening,
-    GaOperators, SearchSpec,
+    GaOperators, SearchJob, SearchSpec,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -134,6 +143,10 @@ struct Args {
     /// rows of the same cells hold it.
     #[arg(long)]
     skip_sleb_at_equal_time: bool,
+    /// `oracle:P/T`: rows files whose masks (method answers and decision candidates of the same
+    /// model and n, any device) seed the oracle's GA.
+    #[arg(long, value_delimiter = ',')]
+    oracle_seeds_from: Vec<PathBuf>,
     /// Output stem: rows go to STEM.rows.jsonl.
     #[arg(long, default_value = "equal-compute")]
     out: PathBuf,
@@ -149,7 +162,10 @@ enum EvopConfig {
     MultiFidelity { loss: LossKind, screen: usize, windows: usize, finalists: usize, shape: GaShape },
     /// The decision stage over the multi-fidelity search `mf`, SLEB on `sleb_windows` random
     /// windows and the greedy seed, on `decision` fresh CCDS windows.
-    Portfolio { sleb_windows: usize, race: Option<Race>, decision: usize, mf: Box<EvopConfig> },
+    /// `decision_seqlen`: tokens per decision window (`DxS` in the name; None: --decision-seqlen).
+    Portfolio { sleb_windows: usize, race: Option<Race>, decision: usize, decision_seqlen: Option<usize>, mf: Box<EvopConfig> },
+    /// The GA on the evaluation windows themselves (a bound; see the module docs).
+    Oracle { population: usize, stalled: u64 },
 }
 
 /// The GA's population and stall rule (up to 30 generations), and the baseline that seeds it.
@@ -258,7 +274,7 @@ impl EvopConfig {
             return Ok(Self::Ga { loss: LossKind::KlToDense, windows: 4 });
         }
         if let Some(rest) = s.strip_prefix("portfolio:") {
-            let bad = || anyhow::anyhow!("--evop {s}: expected portfolio:R:D:mf:...");
+            let bad = || anyhow::anyhow!("--evop {s}: expected portfolio:R:D:mf:... or portfolio:R:DxS:mf:...");
             let mut it = rest.splitn(3, ':');
             // R, or R/S/K: SLEB on R windows raced (every candidate on S, the best K on the rest).
             let (r, race) = match it.next().map(|v| v.split('/').map(|p| p.parse::<usize>().ok()).collect::<Option<Vec<_>>>()) {
@@ -266,12 +282,24 @@ impl EvopConfig {
                 Some(Some(v)) if v.len() == 3 && v[1] >= 1 && v[1] < v[0] && v[2] >= 1 => (v[0], Some(Race { screen_windows: v[1], keep: v[2] })),
                 _ => return Err(bad()),
             };
-            let d: usize = it.next().and_then(|v| v.parse().ok()).filter(|d| *d >= 1).ok_or_else(bad)?;
+            // D, or DxS: D decision windows of S tokens.
+            let (d, ds) = match it.next().map(|v| v.split('x').map(|p| p.parse::<usize>().ok()).collect::<Option<Vec<_>>>()) {
+                Some(Some(v)) if v.len() == 1 && v[0] >= 1 => (v[0], None),
+                Some(Some(v)) if v.len() == 2 && v[0] >= 1 && v[1] >= 2 => (v[0], Some(v[1])),
+                _ => return Err(bad()),
+            };
             let mf = Self::parse(it.next().ok_or_else(bad)?)?;
             if !matches!(mf, Self::MultiFidelity { .. }) {
                 return Err(bad());
             }
-            return Ok(Self::Portfolio { sleb_windows: r, race, decision: d, mf: Box::new(mf) });
+            return Ok(Self::Portfolio { sleb_windows: r, race, decision: d, decision_seqlen: ds, mf: Box::new(mf) });
+        }
+        if let Some(rest) = s.strip_prefix("oracle:") {
+            let v: Option<Vec<u64>> = rest.split('/').map(|p| p.parse().ok()).collect();
+            return match v.as_deref() {
+                Some([p, t]) if *p >= 2 && *t >= 1 => Ok(Self::Oracle { population: *p as usize, stalled: *t }),
+                _ => bail!("--evop {s}: expected oracle:P/T (population P >= 2, stop after T >= 1 stalled generations)"),
+            };
         }
         let parts: Vec<&str> = s.split(':').collect();
         let bad = || anyhow::anyhow!("--evop {s}: expected paper, ga:LOSS:W, mf:S/W/F or mf:LOSS:S/W/F[:pP][:sT]");
@@ -305,6 +333,7 @@ impl EvopConfig {
         match self {
             Self::Ga { windows, .. } | Self::MultiFidelity { windows, .. } => *windows,
             Self::Portfolio { mf, .. } => mf.windows(),
+            Self::Oracle { .. } => 0,
         }
     }
 
@@ -319,10 +348,12 @@ impl EvopConfig {
             Self::MultiFidelity { loss, screen, windows, finalists, shape } => {
                 format!("evop-mf:{}:{screen}/{windows}/{finalists}{}", loss_name(*loss), shape.suffix())
             }
-            Self::Portfolio { sleb_windows, race, decision, mf } => {
+            Self::Portfolio { sleb_windows, race, decision, decision_seqlen, mf } => {
                 let r = race.map_or(sleb_windows.to_string(), |r| format!("{sleb_windows}/{}/{}", r.screen_windows, r.keep));
-                format!("portfolio:{r}:{decision}:{}", mf.name().trim_start_matches("evop-"))
+                let d = decision_seqlen.map_or(decision.to_string(), |s| format!("{decision}x{s}"));
+                format!("portfolio:{r}:{d}:{}", mf.name().trim_start_matches("evop-"))
             }
+            Self::Oracle { population, stalled } => format!("oracle:{population}/{stalled}"),
         }
     }
 }
@@ -436,7 +467,7 @@ fn main() -> Result<()> {
     let split = SplitRule::default().split(&corpus)?;
     if args.prepare_only {
         for &seed in &args.seeds {
-            for c in &configs {
+            for c in configs.iter().filter(|c| c.windows() > 0) {
                 ccds_set(&args, &model, &split.calibration, c.windows(), seed)?;
             }
         }
@@ -526,20 +557,23 @@ fn main() -> Result<()> {
         } else {
             Vec::new()
         };
-        let ccds: Vec<(CalibrationSet, f64)> =
-            configs.iter().map(|c| ccds_set(&args, &model, &split.calibration, c.windows(), seed)).collect::<Result<_>>()?;
+        // The oracle draws no calibration set.
+        let ccds: Vec<Option<(CalibrationSet, f64)>> = configs
+            .iter()
+            .map(|c| (c.windows() > 0).then(|| ccds_set(&args, &model, &split.calibration, c.windows(), seed)).transpose())
+            .collect::<Result<_>>()?;
         // Portfolio: the decision windows (CCDS, a distinct seed, without the windows the searches
         // read) and the validation windows, drawn before any timing.
         let mut decision_sets: Vec<Option<(Vec<Vec<u32>>, f64)>> = Vec::new();
-        for (c, (calib, _)) in configs.iter().zip(&ccds) {
-            let EvopConfig::Portfolio { sleb_windows, decision, .. } = c else {
+        for (c, set) in configs.iter().zip(&ccds) {
+            let (EvopConfig::Portfolio { sleb_windows, decision, decision_seqlen, .. }, Some((calib, _))) = (c, set) else {
                 decision_sets.push(None);
                 continue;
             };
             let mut exclude = calib.token_windows();
             exclude.extend(random[..*sleb_windows].iter().cloned());
             let count = (*decision).max(args.decision_study_windows);
-            let dspec = DecisionSpec { windows: count, seqlen: dseqlen, pool: 256.max(count), loss: LossKind::Nll, ccds: true };
+            let dspec = DecisionSpec { windows: count, seqlen: decision_seqlen.unwrap_or(dseqlen), pool: 256.max(count), loss: LossKind::Nll, ccds: true };
             let t = Instant::now();
             let set = decision_windows(&model, &split.calibration, &dspec, seed, &exclude)?;
             decision_sets.push(Some((set.token_windows(), t.elapsed().as_secs_f64())));
@@ -551,16 +585,60 @@ fn main() -> Result<()> {
             Vec::new()
         };
         for &n in &args.ns {
+            let mut sleb_answers: Vec<Vec<usize>> = Vec::new();
             for &tokens in args.sleb_tokens.iter().flatten() {
                 let w = &random[..tokens.div_ceil(args.seqlen)];
                 let t = Instant::now();
                 let (removed, block_forwards) = sleb(&lm, w, n)?;
                 let seconds = t.elapsed().as_secs_f64();
                 let (eval_ppl, worst) = score(&removed)?;
+                sleb_answers.push(removed.clone());
                 emit(Row { removed, eval_ppl, worst_topic_ppl: worst, seconds, block_forwards, ..base(n, seed, "sleb".into(), w.len() * args.seqlen) })?;
             }
-            for (ci, (config, (calib, calib_seconds))) in configs.iter().zip(&ccds).enumerate() {
-                if let EvopConfig::Portfolio { sleb_windows, race, decision, mf } = config {
+            for (ci, (config, set)) in configs.iter().zip(&ccds).enumerate() {
+                if let EvopConfig::Oracle { population, stalled } = config {
+                    let mut seeds = sleb_answers.clone();
+                    for m in known_masks(&args.oracle_seeds_from, &args.model, n)? {
+                        if !seeds.contains(&m) {
+                            seeds.push(m);
+                        }
+                    }
+                    let spec = SearchSpec {
+                        population: *population,
+                        generations: 30,
+                        stalled: Some(*stalled),
+                        seed_masks: seeds.clone(),
+                        init_near_seeds: !seeds.is_empty(),
+                        ..SearchSpec::default()
+                    };
+                    let job = SearchJob {
+                        remove: n,
+                        objective: Objective::MeanNll,
+                        search: spec,
+                        evaluator: EvaluatorOptions { loss: LossKind::Nll, ..evopts.clone() },
+                        seed,
+                        checkpoint: None,
+                        interrupt: None,
+                        observers: Vec::new(),
+                    };
+                    let t = Instant::now();
+                    let report = job.run(lm.clone(), &eval.windows, None)?;
+                    let seconds = t.elapsed().as_secs_f64();
+                    let (eval_ppl, worst) = score(&report.removed)?;
+                    eprintln!("  oracle from {} seed masks: {} generations", seeds.len(), report.generations);
+                    emit(Row {
+                        removed: report.removed.clone(),
+                        eval_ppl,
+                        worst_topic_ppl: worst,
+                        seconds,
+                        block_forwards: report.counts.block_forwards,
+                        ..base(n, seed, config.name(), eval.tokens())
+                    })?;
+                    continue;
+                }
+                let (calib, calib_seconds) = set.as_ref().expect("drawn for every configuration but the oracle");
+                if let EvopConfig::Portfolio { sleb_windows, race, decision, decision_seqlen, mf } = config {
+                    let dseqlen = decision_seqlen.unwrap_or(dseqlen);
                     let EvopConfig::MultiFidelity { loss, screen, finalists, shape, .. } = mf.as_ref() else { unreachable!("checked when parsed") };
                     let (dset, dseconds) = decision_sets[ci].as_ref().expect("drawn for every portfolio");
                     let windows = calib.token_windows();
@@ -689,7 +767,7 @@ fn main() -> Result<()> {
                 let ga = SearchSpec { population: 32, generations: 30, stalled: Some(8), ..SearchSpec::default() };
                 let (spec, loss, extra_forwards) = match config {
                     EvopConfig::Ga { loss, .. } => (ga, *loss, 0),
-                    EvopConfig::Portfolio { .. } => unreachable!("run above"),
+                    EvopConfig::Portfolio { .. } | EvopConfig::Oracle { .. } => unreachable!("run above"),
                     EvopConfig::MultiFidelity { loss, screen, finalists, shape, .. } => {
                         let seed_data: Vec<Vec<u32>> =
                             windows[..*screen].iter().map(|w| w[..shape.seed_tokens.unwrap_or(w.len()).min(w.len())].to_vec()).collect();
@@ -734,6 +812,34 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every mask that rows of `files` hold for `model` and `n` (method answers and decision
+/// candidates, any device and dtype), in order of first appearance.
+fn known_masks(files: &[PathBuf], model: &str, n: usize) -> Result<Vec<Vec<usize>>> {
+    let mut masks: Vec<Vec<usize>> = Vec::new();
+    let mut add = |v: &serde_json::Value| {
+        if let Some(a) = v.as_array() {
+            let m: Vec<usize> = a.iter().filter_map(|b| b.as_u64().map(|b| b as usize)).collect();
+            if m.len() == n && !masks.contains(&m) {
+                masks.push(m);
+            }
+        }
+    };
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}", file.display(), i + 1))?;
+            if v["model"] != model || v["n"].as_u64() != Some(n as u64) {
+                continue;
+            }
+            add(&v["removed"]);
+            for c in v["decision"]["candidates"].as_array().into_iter().flatten() {
+                add(&c["removed"]);
+            }
+        }
+    }
+    Ok(masks)
 }
 
 /// A SLEB budget in tokens, or `none`.
