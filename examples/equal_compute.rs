@@ -39,6 +39,10 @@
 //!   candidate's NLL on `--decision-study-windows` decision windows and on `--validation-windows`
 //!   random windows of 512 tokens of the calibration pool (rows: `candidates`).
 //!
+//! - With `--replay-from ROWS --replay-method CONFIG`, a portfolio configuration only decides:
+//!   each seed's candidates come from ROWS (the CONFIG row of the same model and n), and are
+//!   decided on this configuration's decision windows, drawn as its search would have drawn them
+//!   (rows `replay:NAME`; e.g. the decisions of a GPU run replayed on the CPU with other windows).
 //! - `oracle:P/T`: **a bound, not a method**: the GA (population P, up to 30 generations, stop
 //!   after T stalled) whose fitness is the mean NLL on the evaluation windows themselves, i.e.
 //!   the evaluation perplexity it reports, started from mutants of every SLEB answer of the run
@@ -143,6 +147,15 @@ struct Args {
     /// rows of the same cells hold it.
     #[arg(long)]
     skip_sleb_at_equal_time: bool,
+    /// Portfolio: decide among the candidates of the `--replay-method` rows of this rows file
+    /// (same model, n and seed) instead of searching: the decision stage alone, replayed with
+    /// this configuration's decision windows (drawn as the search would have: the search's CCDS
+    /// set and SLEB's random windows left out). Rows: `replay:CONFIG`.
+    #[arg(long, requires = "replay_method")]
+    replay_from: Option<PathBuf>,
+    /// The method whose candidates `--replay-from` replays.
+    #[arg(long, default_value = "")]
+    replay_method: String,
     /// `oracle:P/T`: rows files whose masks (method answers and decision candidates of the same
     /// model and n, any device) seed the oracle's GA.
     #[arg(long, value_delimiter = ',')]
@@ -641,6 +654,33 @@ fn main() -> Result<()> {
                     let dseqlen = decision_seqlen.unwrap_or(dseqlen);
                     let EvopConfig::MultiFidelity { loss, screen, finalists, shape, .. } = mf.as_ref() else { unreachable!("checked when parsed") };
                     let (dset, dseconds) = decision_sets[ci].as_ref().expect("drawn for every portfolio");
+                    if let Some(file) = &args.replay_from {
+                        let candidates = replay_candidates(file, &args.replay_method, &args.model, n, seed)?;
+                        let dspec = DecisionSpec { windows: *decision, seqlen: dseqlen, pool: 256, loss: LossKind::Nll, ccds: true };
+                        let chosen = decide(&lm, &candidates, &dset[..*decision], &dspec, args.batch_size)?;
+                        let (eval_ppl, worst) = score(&chosen.removed)?;
+                        let study: Vec<serde_json::Value> = chosen
+                            .scores
+                            .iter()
+                            .map(|c| {
+                                let known = scored.borrow().get(&c.removed).map(|k| k.0);
+                                serde_json::json!({ "sources": c.sources, "removed": c.removed, "decision_score": c.score, "decision_losses": c.window_losses, "eval_ppl": known })
+                            })
+                            .collect();
+                        emit(Row {
+                            removed: chosen.removed.clone(),
+                            eval_ppl,
+                            worst_topic_ppl: worst,
+                            seconds: chosen.seconds,
+                            calibration_seconds: *dseconds,
+                            decision: Some(serde_json::json!({
+                                "chosen": chosen.chosen, "tokens": chosen.tokens, "seqlen": dseqlen, "seconds": chosen.seconds, "loss": "nll",
+                                "candidates": study, "replayed_from": file, "replayed_method": args.replay_method,
+                            })),
+                            ..base(n, seed, format!("replay:{}", config.name()), *decision * dseqlen)
+                        })?;
+                        continue;
+                    }
                     let windows = calib.token_windows();
                     let ga = SearchSpec { population: 32, generations: 30, stalled: Some(8), ..SearchSpec::default() };
                     let t = Instant::now();
@@ -812,6 +852,31 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The decision candidates of the row of `method`, `model`, `n` and `seed` in `file`, in their
+/// order (each mask once, its sources joined).
+fn replay_candidates(file: &Path, method: &str, model: &str, n: usize, seed: u64) -> Result<Vec<Candidate>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}", file.display(), i + 1))?;
+        if v["method"] != method || v["model"] != model || v["n"].as_u64() != Some(n as u64) || v["seed"].as_u64() != Some(seed) {
+            continue;
+        }
+        let Some(list) = v["decision"]["candidates"].as_array() else {
+            bail!("{} line {}: the {method} row has no decision.candidates", file.display(), i + 1);
+        };
+        return list
+            .iter()
+            .map(|c| {
+                let removed: Option<Vec<usize>> = c["removed"].as_array().map(|a| a.iter().filter_map(|b| b.as_u64().map(|b| b as usize)).collect());
+                let sources: Vec<&str> = c["sources"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+                let removed = removed.with_context(|| format!("{} line {}: a candidate without `removed`", file.display(), i + 1))?;
+                Ok(Candidate::new(sources.join(", "), removed))
+            })
+            .collect();
+    }
+    bail!("{}: no row of method {method}, model {model}, n {n}, seed {seed}", file.display())
 }
 
 /// Every mask that rows of `files` hold for `model` and `n` (method answers and decision

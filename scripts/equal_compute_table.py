@@ -122,6 +122,44 @@ def headroom(cells, default):
         print(f"| {model} | {n} | {q:.2f} | {ppl:.2f} | {100 * (ppl / q - 1):+.1f}% | {len(scored[(model, dtype, n)])} | {list(best)} |")
 
 
+def replays(cells, partner):
+    """Decisions replayed on the CPU (`replay:CONFIG` rows: the candidates of a GPU run decided
+    again with CONFIG's decision windows) against SLEB given `partner`'s seconds on the GPU. Each
+    pick is given the evaluation figure of the GPU rows (same model, device and dtype as SLEB's)
+    where any of them scored that mask, else the replay's own CPU f32 figure, marked `*` (the
+    same mask scores 0.1-0.3% apart in f32 and bf16)."""
+    gpu_scored = defaultdict(dict)
+    for (model, device, dtype, n), methods in cells:
+        if device == "cpu":
+            continue
+        for v in methods.values():
+            for r in v:
+                found = [(r["removed"], r["eval_ppl"])] + [
+                    (c["removed"], c["eval_ppl"]) for c in (r.get("decision") or {}).get("candidates", []) if c.get("eval_ppl") is not None
+                ]
+                for removed, ppl in found:
+                    gpu_scored[(model, device, dtype, n)][tuple(removed)] = ppl
+    for (model, device, dtype, n), methods in cells:
+        for m, v in methods.items():
+            if not m.startswith("replay:"):
+                continue
+            for (gmodel, gdevice, gdtype, gn), gmethods in cells:
+                sleb = gmethods.get(f"sleb@{partner}")
+                if (gmodel, gn) != (model, n) or gdevice == "cpu" or not sleb:
+                    continue
+                by_seed = {r["seed"]: r for r in sleb}
+                picks, marks = [], []
+                for r in sorted(v, key=lambda r: r["seed"]):
+                    known = gpu_scored[(gmodel, gdevice, gdtype, gn)].get(tuple(r["removed"]))
+                    picks.append(known if known is not None else r["eval_ppl"])
+                    marks.append("" if known is not None else "*")
+                seeds = [r["seed"] for r in sorted(v, key=lambda r: r["seed"])]
+                q = mean([by_seed[s]["eval_ppl"] for s in seeds if s in by_seed])
+                p = mean(picks)
+                per = ", ".join(f"{x:.2f}{k} vs {by_seed[s]['eval_ppl']:.2f}" for x, k, s in zip(picks, marks, seeds) if s in by_seed)
+                print(f"| {model} | {n} | {m} | {len(picks)} | {p:.2f} | {q:.2f} | {100 * (p / q - 1):+.1f}% | {per} |")
+
+
 # ---- plots (plain SVG, no dependency; the look of examples/budget_plots.rs) ----
 
 W, H = 1000, 550
@@ -297,6 +335,7 @@ def main():
     ap.add_argument("rows", nargs="+", help="rows files of examples/equal_compute.rs (STEM.rows.jsonl)")
     ap.add_argument("--svg", metavar="DIR", help="folder of the SVGs (default: that of the first rows file)")
     ap.add_argument("--no-svg", action="store_true", help="tables only")
+    ap.add_argument("--replay-partner", metavar="CONFIG", help="also the table of replayed decisions (replay:... rows) against SLEB given CONFIG's seconds")
     ap.add_argument("--headroom", metavar="CONFIG", help="also the headroom table: the best mask scored on each cell against SLEB given CONFIG's seconds")
     args = ap.parse_args()
     rows, stems = read(args.rows)
@@ -317,6 +356,11 @@ def main():
         print("| model | n | SLEB at equal time | best mask scored | best vs SLEB | masks scored | best mask |")
         print("|---|---:|---:|---:|---:|---:|---|")
         headroom(cells, args.headroom)
+    if args.replay_partner and any(m.startswith("replay:") for _, methods in cells for m in methods):
+        print(f"\n**Decisions replayed on the CPU against SLEB given the seconds of {args.replay_partner} on the GPU** (means over seeds)\n")
+        print("| model | n | replayed decision | seeds | eval PPL | SLEB at equal time | vs SLEB | per seed |")
+        print("|---|---:|---|---:|---:|---:|---:|---|")
+        replays(cells, args.replay_partner)
     if args.no_svg:
         return
     folder = args.svg or os.path.dirname(sorted(args.rows, key=lambda p: (stem(p), p))[0])

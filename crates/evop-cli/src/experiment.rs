@@ -83,11 +83,12 @@ pub struct ExperimentArgs {
     /// without any window a search read) on which every searcher's answers (the GA's finalists,
     /// SLEB on its own protocol, the greedy seed, --also) are scored; the lowest wins. 0: off (the
     /// GA's own choice among its finalists on the calibration windows, as before). Default from
-    /// --preset: 16 for `quick`, 64 for `full`.
+    /// --preset: 16 for `quick` and for `full`.
     #[arg(long, value_name = "N")]
     pub decision_windows: Option<usize>,
-    /// EvoP: tokens per decision window (default: --seqlen, the calibration windows' length;
-    /// the windows drawn leave out every window a search read and every window overlapping one).
+    /// EvoP: tokens per decision window (default from --preset: --seqlen, the calibration windows'
+    /// length, for `quick`; 512 for `full`; the windows drawn leave out every window a search read
+    /// and every window overlapping one).
     #[arg(long, value_name = "N")]
     pub decision_seqlen: Option<usize>,
     /// EvoP: the decision's per-window loss: `nll` (mean next-token NLL) or `kl` (KL to the dense model).
@@ -197,6 +198,8 @@ pub struct PresetShape {
     pub near_seeds: bool,
     /// Windows of the decision stage (0: off).
     pub decision_windows: usize,
+    /// Tokens per decision window (None: --seqlen, the calibration windows' length).
+    pub decision_seqlen: Option<usize>,
 }
 
 impl Preset {
@@ -211,8 +214,9 @@ impl Preset {
 
     pub fn shape(self, device: &str) -> PresetShape {
         match self.resolve(device) {
-            Preset::Quick => PresetShape { seed_with: "ppl", population: 16, stalled: 4, finalists: 4, near_seeds: false, decision_windows: 16 },
-            _ => PresetShape { seed_with: "sleb", population: 32, stalled: 8, finalists: 8, near_seeds: false, decision_windows: 64 },
+            Preset::Quick => PresetShape { seed_with: "ppl", population: 16, stalled: 4, finalists: 4, near_seeds: false, decision_windows: 16, decision_seqlen: None },
+            // 16 decision windows of 512 tokens (docs/results.md, "Deciding on 512-token windows").
+            _ => PresetShape { seed_with: "sleb", population: 32, stalled: 8, finalists: 8, near_seeds: false, decision_windows: 16, decision_seqlen: Some(512) },
         }
     }
 
@@ -283,7 +287,7 @@ impl ExperimentArgs {
             Preset::Quick => PresetShape { seed_with: "none", stalled: 3, near_seeds: true, ..shape },
             // The decision stage's GPU split (docs/results.md, "The GPU default, near its seeds"):
             // SLEB inside the run seeds the GA, which starts from mutants of its seeds with a
-            // population of 64; the finalists are decided on 64 fresh windows.
+            // population of 64; the finalists are decided on 16 fresh windows of 512 tokens.
             _ => PresetShape { population: 64, near_seeds: true, ..shape },
         }
     }
@@ -394,9 +398,9 @@ impl ExperimentArgs {
         evop::baselines::Race::parse(&self.portfolio_sleb_race).map_err(|e| anyhow::anyhow!("--portfolio-sleb-race {e}"))
     }
 
-    /// Tokens per decision window: --decision-seqlen, else --seqlen.
+    /// Tokens per decision window: --decision-seqlen, else the preset's, else --seqlen.
     pub fn decision_seqlen(&self) -> usize {
-        self.decision_seqlen.unwrap_or(self.seqlen)
+        self.decision_seqlen.or(self.preset.shape(&self.model.device).decision_seqlen).unwrap_or(self.seqlen)
     }
 
     /// The run's time budget in seconds: `--time-budget`, or `--budget` given in seconds.
@@ -843,20 +847,21 @@ mod ga_init_tests {
         assert!(Cli::try_parse_from(["evop", "--ga-init", "nearby"]).is_err());
     }
 
-    /// The GPU default (`full` with the decision stage): population 64, 8 finalists, 64 decision
-    /// windows; without the decision stage `full` keeps population 32; the CPU default decides on
-    /// 16; explicit flags win.
+    /// The GPU default (`full` with the decision stage): population 64, 8 finalists, 16 decision
+    /// windows of 512 tokens; without the decision stage `full` keeps population 32; the CPU
+    /// default decides on 16 windows of --seqlen tokens; explicit flags win.
     #[test]
     fn decision_and_population_follow_the_preset_unless_given() {
         let gpu = args(&["--preset", "full"]);
-        assert_eq!((gpu.population(), gpu.finalists(), gpu.decision_windows()), (64, 8, 64));
-        assert_eq!(gpu.decision_spec().unwrap().unwrap().windows, 64);
+        assert_eq!((gpu.population(), gpu.finalists(), gpu.decision_windows(), gpu.decision_seqlen()), (64, 8, 16, 512));
+        let spec = gpu.decision_spec().unwrap().unwrap();
+        assert_eq!((spec.windows, spec.seqlen), (16, 512));
         let gpu_off = args(&["--preset", "full", "--decision-windows", "0"]);
         assert_eq!((gpu_off.population(), gpu_off.decision_windows()), (32, 0));
         assert!(gpu_off.decision_spec().unwrap().is_none());
         let cpu = args(&[]);
-        assert_eq!((cpu.population(), cpu.decision_windows()), (16, 16));
-        let given = args(&["--preset", "full", "--decision-windows", "24", "--population", "48"]);
-        assert_eq!((given.population(), given.decision_windows()), (48, 24));
+        assert_eq!((cpu.population(), cpu.decision_windows(), cpu.decision_seqlen()), (16, 16, 128));
+        let given = args(&["--preset", "full", "--decision-windows", "24", "--decision-seqlen", "256", "--population", "48"]);
+        assert_eq!((given.population(), given.decision_windows(), given.decision_seqlen()), (48, 24, 256));
     }
 }
