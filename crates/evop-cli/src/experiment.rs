@@ -176,7 +176,7 @@ pub enum Preset {
     Auto,
     /// With the decision stage (the default on a GPU): SLEB inside the run seeds the GA, whose
     /// first population is mutants of its seeds (--ga-init), population 64, stop after 8 stalled
-    /// generations, 8 finalists, 64 decision windows; without it (--decision-windows 0): SLEB
+    /// generations, 8 finalists, 16 decision windows of 512 tokens; without it (--decision-windows 0): SLEB
     /// seed, random first population, population 32, 8 stalled generations, 8 finalists.
     Full,
     /// With the decision stage (the default): SLEB inside the run (--portfolio-sleb-windows) seeds
