@@ -510,13 +510,10 @@ fn main() -> Result<()> {
     // Masks already scored are not evaluated again (the evaluator is deterministic).
     let scored = std::cell::RefCell::new(std::collections::HashMap::<Vec<usize>, (f64, Option<f64>)>::new());
     for file in &args.scored_from {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line)?;
+        for v in read_rows(file)? {
             let same = v["model"] == args.model.as_str() && v["dtype"] == "f32" && v["n"].as_u64().is_some();
-            let (Some(ppl), Some(removed)) = (v["eval_ppl"].as_f64(), v["removed"].as_array()) else { continue };
+            let (Some(ppl), Some(removed)) = (v["eval_ppl"].as_f64(), mask_of(&v["removed"])) else { continue };
             if same && ppl.is_finite() {
-                let removed: Vec<usize> = removed.iter().filter_map(|b| b.as_u64().map(|b| b as usize)).collect();
                 scored.borrow_mut().insert(removed, (ppl, v["worst_topic_ppl"].as_f64()));
             }
         }
@@ -654,9 +651,9 @@ fn main() -> Result<()> {
                     let dseqlen = decision_seqlen.unwrap_or(dseqlen);
                     let EvopConfig::MultiFidelity { loss, screen, finalists, shape, .. } = mf.as_ref() else { unreachable!("checked when parsed") };
                     let (dset, dseconds) = decision_sets[ci].as_ref().expect("drawn for every portfolio");
+                    let dspec = DecisionSpec { windows: *decision, seqlen: dseqlen, pool: 256, loss: LossKind::Nll, ccds: true };
                     if let Some(file) = &args.replay_from {
                         let candidates = replay_candidates(file, &args.replay_method, &args.model, n, seed)?;
-                        let dspec = DecisionSpec { windows: *decision, seqlen: dseqlen, pool: 256, loss: LossKind::Nll, ccds: true };
                         let chosen = decide(&lm, &candidates, &dset[..*decision], &dspec, args.batch_size)?;
                         let (eval_ppl, worst) = score(&chosen.removed)?;
                         let study: Vec<serde_json::Value> = chosen
@@ -721,7 +718,6 @@ fn main() -> Result<()> {
                     if let Some(s) = &seeder {
                         candidates.push(Candidate::new(format!("{} seed", shape.seed), s.removed()));
                     }
-                    let dspec = DecisionSpec { windows: *decision, seqlen: dseqlen, pool: 256, loss: LossKind::Nll, ccds: true };
                     let chosen = decide(&lm, &candidates, &dset[..*decision], &dspec, args.batch_size)?;
                     let seconds = t.elapsed().as_secs_f64();
                     let (eval_ppl, worst) = score(&chosen.removed)?;
@@ -857,21 +853,18 @@ fn main() -> Result<()> {
 /// The decision candidates of the row of `method`, `model`, `n` and `seed` in `file`, in their
 /// order (each mask once, its sources joined).
 fn replay_candidates(file: &Path, method: &str, model: &str, n: usize, seed: u64) -> Result<Vec<Candidate>> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}", file.display(), i + 1))?;
+    for v in read_rows(file)? {
         if v["method"] != method || v["model"] != model || v["n"].as_u64() != Some(n as u64) || v["seed"].as_u64() != Some(seed) {
             continue;
         }
         let Some(list) = v["decision"]["candidates"].as_array() else {
-            bail!("{} line {}: the {method} row has no decision.candidates", file.display(), i + 1);
+            bail!("{}: the {method} row of n {n}, seed {seed} has no decision.candidates", file.display());
         };
         return list
             .iter()
             .map(|c| {
-                let removed: Option<Vec<usize>> = c["removed"].as_array().map(|a| a.iter().filter_map(|b| b.as_u64().map(|b| b as usize)).collect());
                 let sources: Vec<&str> = c["sources"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
-                let removed = removed.with_context(|| format!("{} line {}: a candidate without `removed`", file.display(), i + 1))?;
+                let removed = mask_of(&c["removed"]).with_context(|| format!("{}: a candidate of the {method} row of n {n}, seed {seed} without `removed`", file.display()))?;
                 Ok(Candidate::new(sources.join(", "), removed))
             })
             .collect();
@@ -884,17 +877,14 @@ fn replay_candidates(file: &Path, method: &str, model: &str, n: usize, seed: u64
 fn known_masks(files: &[PathBuf], model: &str, n: usize) -> Result<Vec<Vec<usize>>> {
     let mut masks: Vec<Vec<usize>> = Vec::new();
     let mut add = |v: &serde_json::Value| {
-        if let Some(a) = v.as_array() {
-            let m: Vec<usize> = a.iter().filter_map(|b| b.as_u64().map(|b| b as usize)).collect();
+        if let Some(m) = mask_of(v) {
             if m.len() == n && !masks.contains(&m) {
                 masks.push(m);
             }
         }
     };
     for file in files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}", file.display(), i + 1))?;
+        for v in read_rows(file)? {
             if v["model"] != model || v["n"].as_u64() != Some(n as u64) {
                 continue;
             }
@@ -905,6 +895,21 @@ fn known_masks(files: &[PathBuf], model: &str, n: usize) -> Result<Vec<Vec<usize
         }
     }
     Ok(masks)
+}
+
+/// The rows of a rows file (one JSON object per non-empty line).
+fn read_rows(file: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{} line {}", file.display(), i + 1)))
+        .collect()
+}
+
+/// A `removed` list of a row (block indices), if it is one.
+fn mask_of(v: &serde_json::Value) -> Option<Vec<usize>> {
+    v.as_array().map(|a| a.iter().filter_map(|b| b.as_u64().map(|b| b as usize)).collect())
 }
 
 /// A SLEB budget in tokens, or `none`.

@@ -96,6 +96,15 @@ def paired(cells):
             print(f"| {model} | {n} | {m} | {len(pairs)} | {p:.2f} | {ps:.1f} | {q:.2f} ({mean([b['tokens'] for _, b in pairs]):.0f} tok) | {qs:.1f} | {100 * (p / q - 1):+.1f}% | {seeds} |")
 
 
+def scored_masks(rows):
+    """(removed, eval PPL) of every row and of every decision candidate the rows scored."""
+    for r in rows:
+        yield r["removed"], r["eval_ppl"]
+        for c in (r.get("decision") or {}).get("candidates", []):
+            if c.get("eval_ppl") is not None:
+                yield c["removed"], c["eval_ppl"]
+
+
 def headroom(cells, default):
     """How much better than SLEB at equal time any answer could be: the best mask that any row of
     the model, dtype and n scored (every method, seed, GPU and decision candidate with an
@@ -104,15 +113,10 @@ def headroom(cells, default):
     than SLEB on a cell only where this bound is 3% or more."""
     scored = defaultdict(dict)
     for (model, device, dtype, n), methods in cells:
+        masks = scored[(model, dtype, n)]
         for v in methods.values():
-            for r in v:
-                found = [(r["removed"], r["eval_ppl"])]
-                for c in (r.get("decision") or {}).get("candidates", []):
-                    if c.get("eval_ppl") is not None:
-                        found.append((c["removed"], c["eval_ppl"]))
-                masks = scored[(model, dtype, n)]
-                for removed, ppl in found:
-                    masks[tuple(removed)] = min(masks.get(tuple(removed), math.inf), ppl)
+            for removed, ppl in scored_masks(v):
+                masks[tuple(removed)] = min(masks.get(tuple(removed), math.inf), ppl)
     for (model, device, dtype, n), methods in cells:
         partner = methods.get(f"sleb@{default}")
         if not partner:
@@ -133,12 +137,8 @@ def replays(cells, partner):
         if device == "cpu":
             continue
         for v in methods.values():
-            for r in v:
-                found = [(r["removed"], r["eval_ppl"])] + [
-                    (c["removed"], c["eval_ppl"]) for c in (r.get("decision") or {}).get("candidates", []) if c.get("eval_ppl") is not None
-                ]
-                for removed, ppl in found:
-                    gpu_scored[(model, device, dtype, n)][tuple(removed)] = ppl
+            for removed, ppl in scored_masks(v):
+                gpu_scored[(model, device, dtype, n)][tuple(removed)] = ppl
     for (model, device, dtype, n), methods in cells:
         for m, v in methods.items():
             if not m.startswith("replay:"):
